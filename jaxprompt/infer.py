@@ -1,0 +1,75 @@
+"""`python -m jaxprompt.infer`: greedy decoding with a frozen T5.
+
+    python -m jaxprompt.infer --checkpoint=google/flan-t5-small \
+        --text="translate English to German: The house is wonderful."
+
+`--checkpoint` is a Hub id, a Hugging Face directory or file, or a T5X checkpoint; `--tokenizer`
+defaults to the checkpoint (a Hub id or a directory holding spiece.model).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from jaxprompt.models.t5 import T5
+from jaxprompt.models.t5_decoding import greedy_decode
+from jaxprompt.weights.t5_loader import load_t5
+from jaxprompt.weights.tokenizer import SentencePieceTokenizer, load_t5_tokenizer
+
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "google/flan-t5-small", "Hub id, HF directory/file or T5X checkpoint.")
+_TOKENIZER = flags.DEFINE_string("tokenizer", None, "spiece.model, a directory holding it, or a Hub id (default: --checkpoint).")
+_TEXT = flags.DEFINE_multi_string("text", [], "An input text; repeat for several.")
+_INPUT = flags.DEFINE_string("input", None, "A file with one input text per line.")
+_MAX_DECODE_LEN = flags.DEFINE_integer("max_decode_len", 32, "Most tokens generated per input.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 16, "Inputs decoded together.")
+_DTYPE = flags.DEFINE_enum(
+    "dtype", None, ["float32", "bfloat16"], "Compute and weight dtype (default: bfloat16, float32 on CPU)."
+)
+
+
+def decode_texts(
+    checkpoint: str,
+    tokenizer: SentencePieceTokenizer,
+    texts: Sequence[str],
+    max_decode_len: int,
+    batch_size: int,
+    dtype: str,
+) -> list[str]:
+  """The greedy continuation of each text."""
+  config, params = load_t5(checkpoint, param_dtype=dtype, dtype=dtype)
+  decode = jax.jit(functools.partial(greedy_decode, T5(config), max_decode_len=max_decode_len))
+  outputs = []
+  for start in range(0, len(texts), batch_size):
+    encoded = tokenizer.encode_batch(texts[start : start + batch_size])
+    # Pad to a power of two so that varied batches reuse a few compiled shapes.
+    length = 1 << max(3, (max(map(len, encoded)) - 1).bit_length())
+    ids = np.zeros((batch_size, length), np.int32)
+    for row, tokens in enumerate(encoded):
+      ids[row, : len(tokens)] = tokens
+    tokens = np.asarray(decode(params, ids, ids != config.pad_token_id))
+    outputs += [tokenizer.decode(row) for row in tokens[: len(encoded)]]
+  return outputs
+
+
+def main(argv: Sequence[str]) -> None:
+  del argv
+  texts = list(_TEXT.value)
+  if _INPUT.value:
+    texts += Path(_INPUT.value).read_text(encoding="utf-8").splitlines()
+  if not texts:
+    raise app.UsageError("give at least one --text or an --input file")
+  tokenizer = load_t5_tokenizer(_TOKENIZER.value or _CHECKPOINT.value)
+  dtype = _DTYPE.value or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
+  outputs = decode_texts(_CHECKPOINT.value, tokenizer, texts, _MAX_DECODE_LEN.value, _BATCH_SIZE.value, dtype)
+  for text, output in zip(texts, outputs):
+    print(f"{text}\t=> {output}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,204 @@
+"""Building blocks shared by the backbones: projections, norms, embeddings, attention, layer stacks.
+
+Every param is created with logical axis names (nn.with_logical_partitioning); the rules table in the
+run config maps them to mesh axes. Params are stored in `param_dtype`, cast to the compute `dtype`
+at use; attention logits and softmax are computed in float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Initializer = Callable[..., jax.Array]
+# A large negative logit for masked keys. Finite, so that a fully masked row (a padded query)
+# gives a uniform distribution instead of NaNs.
+MASKED_LOGIT = -1e10
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+  """Pins a hot activation's sharding by logical axis names (a no-op without rules)."""
+  return nn.with_logical_constraint(x, tuple(axes))
+
+
+class Projection(nn.Module):
+  """x @ kernel contracting the trailing `len(in_axes)` dims of x into the dims `out_shape`."""
+
+  out_shape: tuple[int, ...]
+  in_axes: tuple[str, ...]
+  out_axes: tuple[str, ...]
+  kernel_init: Initializer
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  output_dtype: Any = None  # None: the compute dtype
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    num_in = len(self.in_axes)
+    in_shape = x.shape[x.ndim - num_in :]
+    kernel = self.param(
+        "kernel",
+        nn.with_logical_partitioning(self.kernel_init, self.in_axes + self.out_axes),
+        in_shape + tuple(self.out_shape),
+        self.param_dtype,
+    )
+    contract = (tuple(range(x.ndim - num_in, x.ndim)), tuple(range(num_in)))
+    return jax.lax.dot_general(
+        x.astype(self.dtype),
+        kernel.astype(self.dtype),
+        (contract, ((), ())),
+        preferred_element_type=self.output_dtype or self.dtype,
+    )
+
+
+class RMSNorm(nn.Module):
+  """Root-mean-square norm without mean subtraction or bias (T5, Llama); statistics in float32."""
+
+  epsilon: float = 1e-6
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    scale = self.param(
+        "scale",
+        nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+        (x.shape[-1],),
+        self.param_dtype,
+    )
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.epsilon)
+    return normed.astype(self.dtype) * scale.astype(self.dtype)
+
+
+class Embed(nn.Module):
+  """A token embedding table; `attend` is the tied output projection."""
+
+  num_embeddings: int
+  features: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  embedding_init: Initializer = nn.initializers.normal(stddev=1.0)
+
+  def setup(self):
+    self.embedding = self.param(
+        "embedding",
+        nn.with_logical_partitioning(self.embedding_init, ("vocab", "embed")),
+        (self.num_embeddings, self.features),
+        self.param_dtype,
+    )
+
+  def __call__(self, ids: jax.Array) -> jax.Array:
+    return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+
+  def attend(self, x: jax.Array) -> jax.Array:
+    """Logits in float32 (accumulated in float32 whatever the compute dtype)."""
+    return jnp.einsum(
+        "...d,vd->...v",
+        x.astype(self.dtype),
+        self.embedding.astype(self.dtype),
+        preferred_element_type=jnp.float32,
+    )
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+  """The feed-forward nonlinearity by its config name."""
+  table = {
+      "relu": jax.nn.relu,
+      "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+      "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+      "silu": jax.nn.silu,
+  }
+  return table[name]
+
+
+def dot_product_attention(
+    q_BxQxHxK: jax.Array,
+    k_BxSxHxK: jax.Array,
+    v_BxSxHxK: jax.Array,
+    bias_BxHxQxS: jax.Array | None,
+    mask_Bx1xQxS: jax.Array,
+    scale: float,
+    dropout: Callable[[jax.Array], jax.Array] | None = None,
+) -> jax.Array:
+  """softmax(scale * q.k + bias, masked) @ v; bias and mask broadcast over batch and heads."""
+  logits_BxHxQxS = jnp.einsum(
+      "bqhk,bshk->bhqs", q_BxQxHxK, k_BxSxHxK, preferred_element_type=jnp.float32
+  )
+  if scale != 1.0:
+    logits_BxHxQxS = logits_BxHxQxS * scale
+  if bias_BxHxQxS is not None:
+    logits_BxHxQxS = logits_BxHxQxS + bias_BxHxQxS.astype(jnp.float32)
+  logits_BxHxQxS = jnp.where(mask_Bx1xQxS, logits_BxHxQxS, MASKED_LOGIT)
+  probs_BxHxQxS = jax.nn.softmax(logits_BxHxQxS, axis=-1).astype(v_BxSxHxK.dtype)
+  if dropout is not None:
+    probs_BxHxQxS = dropout(probs_BxHxQxS)
+  return jnp.einsum("bhqs,bshk->bqhk", probs_BxHxQxS, v_BxSxHxK)
+
+
+def remat_policy(name: str) -> Callable[..., bool] | None:
+  """What the backward pass may keep instead of recomputing, by config name ("none": no remat)."""
+  policies = jax.checkpoint_policies
+  table = {
+      "none": None,
+      "full": policies.nothing_saveable,  # recompute everything: least memory
+      "dots": policies.checkpoint_dots,  # keep every matmul output
+      "dots_no_batch": policies.dots_with_no_batch_dims_saveable,  # keep projections, not attention
+      "qkv_out": policies.save_only_these_names("query", "key", "value", "attention_out"),
+  }
+  return table[name]
+
+
+def layer_stack(
+    layer_cls: type[nn.Module],
+    num_layers: int,
+    scan_layers: bool,
+    remat: str,
+    num_broadcast_args: int,
+    num_per_layer_args: int,
+    name: str,
+    **layer_kwargs: Any,
+) -> Callable[..., tuple[jax.Array, Any]]:
+  """num_layers copies of `layer_cls`, scanned (params stacked on a 'layers' axis) or unrolled.
+
+  The layer's call is `(x, *broadcast_args, *per_layer_args) -> (x, per_layer_output)`: the
+  broadcast args are the same for every layer (attention bias, masks), the per-layer args are
+  pytrees with a leading layer axis (key/value prefixes, decode caches), or None.
+  """
+  policy = remat_policy(remat)
+  if policy is not None:
+    layer_cls = nn.remat(layer_cls, policy=policy, prevent_cse=not scan_layers)
+
+  if scan_layers:
+    scanned = nn.scan(
+        layer_cls,
+        variable_axes={"params": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=(nn.broadcast,) * num_broadcast_args + (0,) * num_per_layer_args,
+        length=num_layers,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+    )(name=name, **layer_kwargs)
+    return scanned
+
+  def unrolled(x, *args):
+    broadcast, per_layer = args[:num_broadcast_args], args[num_broadcast_args:]
+    outputs = []
+    for i in range(num_layers):
+      layer_args = [None if a is None else jax.tree.map(lambda t: t[i], a) for a in per_layer]
+      x, out = layer_cls(name=f"{name}_{i}", **layer_kwargs)(x, *broadcast, *layer_args)
+      outputs.append(out)
+    if outputs and outputs[0] is not None:
+      return x, jax.tree.map(lambda *t: jnp.stack(t), *outputs)
+    return x, None
+
+  return unrolled
+
+
+def scaled_normal(fan_in: int) -> Initializer:
+  """Normal init with std 1/sqrt(fan_in), the T5/Mesh-TF convention."""
+  return nn.initializers.normal(stddev=float(1.0 / np.sqrt(fan_in)))

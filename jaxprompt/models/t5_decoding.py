@@ -1,0 +1,54 @@
+"""Greedy decoding for T5 with a key/value cache: the encoder runs once, then one decoder step per token."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxprompt.models.prompt import Prompt
+from jaxprompt.models.t5 import T5
+
+
+def greedy_decode(
+    model: T5,
+    params: Any,
+    input_ids_BxL: jax.Array,
+    input_mask_BxL: jax.Array,
+    max_decode_len: int,
+    prompt: Prompt | None = None,
+) -> jax.Array:
+  """Argmax tokens [B, max_decode_len]; after a sequence's EOS, pad tokens (as HF `generate`).
+
+  Jit it with `model` and `max_decode_len` static. The first step also fills the cross-attention
+  keys/values of every layer, so the loop reuses them instead of projecting the encoder states
+  again per token.
+  """
+  c = model.config
+  batch = input_ids_BxL.shape[0]
+  encoded, encoder_mask = model.apply(params, input_ids_BxL, input_mask_BxL, prompt, method=T5.encode)
+
+  def step(tokens_Bx1, cache):
+    logits, cache = model.apply(
+        params, tokens_Bx1, encoded, encoder_mask, None, prompt, cache, method=T5.decode
+    )
+    return jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32), cache
+
+  start = jnp.full((batch, 1), c.decoder_start_token_id, jnp.int32)
+  first, cache = step(start, model.init_cache(batch, max_decode_len))
+  tokens = jnp.full((batch, max_decode_len), c.pad_token_id, jnp.int32).at[:, 0].set(first)
+  done = first == c.eos_token_id
+
+  def cond(state):
+    i, _, _, _, done = state
+    return (i < max_decode_len) & ~jnp.all(done)
+
+  def body(state):
+    i, last, cache, tokens, done = state
+    nxt, cache = step(last[:, None], cache)
+    nxt = jnp.where(done, c.pad_token_id, nxt)
+    return i + 1, nxt, cache, tokens.at[:, i].set(nxt), done | (nxt == c.eos_token_id)
+
+  _, _, _, tokens, _ = jax.lax.while_loop(cond, body, (jnp.int32(1), first, cache, tokens, done))
+  return tokens
