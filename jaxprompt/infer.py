@@ -1,7 +1,9 @@
-"""`python -m jaxprompt.infer`: greedy decoding with a frozen T5.
+"""`python -m jaxprompt.infer`: greedy decoding with a frozen T5, optionally with a trained prompt.
 
     python -m jaxprompt.infer --checkpoint=google/flan-t5-small \
         --text="translate English to German: The house is wonderful."
+    python -m jaxprompt.infer --checkpoint=google/t5-xxl-lm-adapt --prompt=workdir/prompts/best.npy \
+        --input=questions.txt
 
 `--checkpoint` is a Hub id, a Hugging Face directory or file, or a T5X checkpoint; `--tokenizer`
 defaults to the checkpoint (a Hub id or a directory holding spiece.model).
@@ -17,6 +19,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
+from jaxprompt.models.prompt import Prompt
 from jaxprompt.models.t5 import T5
 from jaxprompt.models.t5_decoding import greedy_decode
 from jaxprompt.weights.t5_loader import load_t5
@@ -26,6 +29,7 @@ _CHECKPOINT = flags.DEFINE_string("checkpoint", "google/flan-t5-small", "Hub id,
 _TOKENIZER = flags.DEFINE_string("tokenizer", None, "spiece.model, a directory holding it, or a Hub id (default: --checkpoint).")
 _TEXT = flags.DEFINE_multi_string("text", [], "An input text; repeat for several.")
 _INPUT = flags.DEFINE_string("input", None, "A file with one input text per line.")
+_PROMPT = flags.DEFINE_string("prompt", None, "An exported soft prompt (.npy, [P, d_model]) placed before each input.")
 _MAX_DECODE_LEN = flags.DEFINE_integer("max_decode_len", 32, "Most tokens generated per input.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 16, "Inputs decoded together.")
 _DTYPE = flags.DEFINE_enum(
@@ -40,9 +44,15 @@ def decode_texts(
     max_decode_len: int,
     batch_size: int,
     dtype: str,
+    prompt_PxD: np.ndarray | None = None,
 ) -> list[str]:
-  """The greedy continuation of each text."""
+  """The greedy continuation of each text, with the soft prompt (if any) before it."""
   config, params = load_t5(checkpoint, param_dtype=dtype, dtype=dtype)
+  prompt = None
+  if prompt_PxD is not None:
+    if prompt_PxD.ndim != 2 or prompt_PxD.shape[1] != config.d_model:
+      raise ValueError(f"prompt of shape {prompt_PxD.shape} does not fit the backbone: it needs [P, {config.d_model}]")
+    prompt = Prompt(embeddings_BxPxD=jax.numpy.asarray(prompt_PxD, jax.numpy.float32)[None])
   decode = jax.jit(functools.partial(greedy_decode, T5(config), max_decode_len=max_decode_len))
   outputs = []
   for start in range(0, len(texts), batch_size):
@@ -52,7 +62,7 @@ def decode_texts(
     ids = np.zeros((batch_size, length), np.int32)
     for row, tokens in enumerate(encoded):
       ids[row, : len(tokens)] = tokens
-    tokens = np.asarray(decode(params, ids, ids != config.pad_token_id))
+    tokens = np.asarray(decode(params, ids, ids != config.pad_token_id, prompt=prompt))
     outputs += [tokenizer.decode(row) for row in tokens[: len(encoded)]]
   return outputs
 
@@ -66,7 +76,8 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError("give at least one --text or an --input file")
   tokenizer = load_t5_tokenizer(_TOKENIZER.value or _CHECKPOINT.value)
   dtype = _DTYPE.value or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
-  outputs = decode_texts(_CHECKPOINT.value, tokenizer, texts, _MAX_DECODE_LEN.value, _BATCH_SIZE.value, dtype)
+  prompt = np.load(_PROMPT.value) if _PROMPT.value else None
+  outputs = decode_texts(_CHECKPOINT.value, tokenizer, texts, _MAX_DECODE_LEN.value, _BATCH_SIZE.value, dtype, prompt)
   for text, output in zip(texts, outputs):
     print(f"{text}\t=> {output}")
 

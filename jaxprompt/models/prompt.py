@@ -128,3 +128,27 @@ def prefix_mask(prefix: KVPrefix | None, batch: int) -> jax.Array:
   if prefix.mask_BxP is None:
     return jnp.ones((batch, prefix.length), bool)
   return jnp.broadcast_to(prefix.mask_BxP.astype(bool), (batch, prefix.length))
+
+
+def repeat_examples(prompt: Prompt | None, repeats: int) -> Prompt | None:
+  """Each example's prompt `repeats` times in a row (as jnp.repeat), e.g. to score C candidates.
+
+  Parts with a batch dimension of 1 broadcast already and stay as they are.
+  """
+  if prompt is None:
+    return None
+
+  def rep(x: jax.Array | None, axis: int) -> jax.Array | None:
+    return x if x is None or x.shape[axis] == 1 else jnp.repeat(x, repeats, axis=axis)
+
+  def rep_prefix(p: KVPrefix | None) -> KVPrefix | None:
+    return None if p is None else KVPrefix(rep(p.keys_LxBxPxHxK, 1), rep(p.values_LxBxPxHxK, 1), rep(p.mask_BxP, 0))
+
+  return Prompt(
+      embeddings_BxPxD=rep(prompt.embeddings_BxPxD, 0),
+      embeddings_mask_BxP=rep(prompt.embeddings_mask_BxP, 0),
+      insert_at_B=rep(prompt.insert_at_B, 0),
+      encoder_self=rep_prefix(prompt.encoder_self),
+      decoder_self=rep_prefix(prompt.decoder_self),
+      decoder_cross=rep_prefix(prompt.decoder_cross),
+  )

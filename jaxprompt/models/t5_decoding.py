@@ -21,17 +21,31 @@ def greedy_decode(
 ) -> jax.Array:
   """Argmax tokens [B, max_decode_len]; after a sequence's EOS, pad tokens (as HF `generate`).
 
-  Jit it with `model` and `max_decode_len` static. The first step also fills the cross-attention
-  keys/values of every layer, so the loop reuses them instead of projecting the encoder states
-  again per token.
+  Jit it with `model` and `max_decode_len` static.
+  """
+  encoded, encoder_mask = model.apply(params, input_ids_BxL, input_mask_BxL, prompt, method=T5.encode)
+  return greedy_decode_encoded(model, params, encoded, encoder_mask, max_decode_len, prompt)
+
+
+def greedy_decode_encoded(
+    model: T5,
+    params: Any,
+    encoded_BxSxD: jax.Array,
+    encoder_mask_BxS: jax.Array,
+    max_decode_len: int,
+    prompt: Prompt | None = None,
+) -> jax.Array:
+  """`greedy_decode` from encoder states already computed.
+
+  The first step also fills the cross-attention keys/values of every layer, so the loop reuses
+  them instead of projecting the encoder states again per token.
   """
   c = model.config
-  batch = input_ids_BxL.shape[0]
-  encoded, encoder_mask = model.apply(params, input_ids_BxL, input_mask_BxL, prompt, method=T5.encode)
+  batch = encoded_BxSxD.shape[0]
 
   def step(tokens_Bx1, cache):
     logits, cache = model.apply(
-        params, tokens_Bx1, encoded, encoder_mask, None, prompt, cache, method=T5.decode
+        params, tokens_Bx1, encoded_BxSxD, encoder_mask_BxS, None, prompt, cache, method=T5.decode
     )
     return jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32), cache
 

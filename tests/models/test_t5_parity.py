@@ -81,8 +81,9 @@ def test_cached_decoding_logits_equal_teacher_forcing(hf_checkpoint):
 
   encoded, encoder_mask = model.apply(params, ids, mask, method=T5.encode)
   cache = model.init_cache(2, 8)
+  decode_step = jax.jit(functools.partial(model.apply, method=T5.decode))
   steps = []
   for t in range(8):
-    logits, cache = model.apply(params, dec[:, t : t + 1], encoded, encoder_mask, None, None, cache, method=T5.decode)
+    logits, cache = decode_step(params, dec[:, t : t + 1], encoded, encoder_mask, None, None, cache)
     steps.append(logits[:, 0])
   np.testing.assert_allclose(jnp.stack(steps, 1), full, atol=1e-5, rtol=0)

@@ -1,0 +1,137 @@
+"""Prompt-only checkpoints: Orbax over the small state (prompt, optimizer state, step), the data
+iterator state, and metadata (backbone fingerprint, method and shapes). Never the backbone.
+
+Layout of a run's workdir:
+
+    checkpoints/<step>/{state, data, meta}   Orbax, asynchronous; last N plus the best by metric
+    prompts/step_<step>.npy, prompts/best.npy  the exported prompt, ready for infer/evaluate
+
+Resume order: this workdir's latest finished checkpoint, else the pretrained backbone and a fresh
+prompt. Orbax writes into a temporary directory and renames it when done, so a checkpoint that was
+killed mid-save is never picked up (and is deleted when the manager opens).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import traverse_util
+from orbax.checkpoint import checkpoint_managers
+
+from jaxprompt.steps import TrainState
+
+
+class CheckpointMismatchError(ValueError):
+  """A checkpoint that belongs to another backbone, method or prompt shape."""
+
+
+def backbone_fingerprint(model_config: Any, frozen: Any) -> dict[str, Any]:
+  """What identifies a frozen backbone: its config, and per-tensor sums (cheap, works sharded)."""
+  flat = traverse_util.flatten_dict(frozen["params"], sep="/")
+  sums = jax.jit(lambda t: {k: jnp.stack([jnp.sum(v, dtype=jnp.float32), jnp.sum(jnp.abs(v), dtype=jnp.float32)]) for k, v in t.items()})(flat)
+  return {
+      "config": {k: v for k, v in vars(model_config).items() if k not in ("dtype", "scan_layers", "remat_policy", "dropout_rate", "param_dtype")},
+      "tensor_sums": {k: [float(x) for x in np.asarray(v)] for k, v in sorted(sums.items())},
+  }
+
+
+def param_shapes(params: Any) -> dict[str, list[int]]:
+  return {k: list(np.shape(v)) for k, v in traverse_util.flatten_dict(params, sep="/").items()}
+
+
+def check_compatible(saved: dict[str, Any], current: dict[str, Any], where: str) -> None:
+  """Raises with both sides when a checkpoint's metadata does not fit this run."""
+  problems = []
+  if saved["method"] != current["method"]:
+    problems.append(f"prompt method: checkpoint {saved['method']!r}, this run {current['method']!r}")
+  if saved["param_shapes"] != current["param_shapes"]:
+    for name in sorted(set(saved["param_shapes"]) | set(current["param_shapes"])):
+      a, b = saved["param_shapes"].get(name), current["param_shapes"].get(name)
+      if a != b:
+        problems.append(f"prompt param {name}: checkpoint shape {a}, this run {b}")
+  saved_fp, current_fp = saved["fingerprint"], current["fingerprint"]
+  for key in sorted(set(saved_fp["config"]) | set(current_fp["config"])):
+    a, b = saved_fp["config"].get(key), current_fp["config"].get(key)
+    if a != b:
+      problems.append(f"backbone {key}: checkpoint {a!r}, this run {b!r}")
+  if not problems:
+    # Same shapes: compare the weights themselves (float sums; tolerance for reduction order).
+    for name, a in saved_fp["tensor_sums"].items():
+      b = current_fp["tensor_sums"].get(name)
+      if b is None or not all(math.isclose(x, y, rel_tol=1e-3, abs_tol=1e-3) for x, y in zip(a, b)):
+        problems.append(f"backbone weights differ at {name}: checkpoint sums {a}, this run {b}")
+        break
+  if problems:
+    raise CheckpointMismatchError(f"{where} does not fit this run:\n  " + "\n  ".join(problems))
+
+
+class PromptCheckpoints:
+  """The Orbax CheckpointManager of one run: save, find, restore, export."""
+
+  def __init__(self, workdir: str | Path, keep: int, best_metric: str | None, best_mode: str = "max",
+               asynchronous: bool = True):
+    self.workdir = Path(workdir)
+    self.best_metric = best_metric
+    policies = [checkpoint_managers.LatestN(n=keep)]
+    if best_metric:
+      policies.append(checkpoint_managers.BestN(
+          get_metric_fn=lambda metrics: metrics[best_metric], reverse=best_mode == "min", n=1,
+          keep_checkpoints_without_metrics=False,
+      ))
+    options = ocp.CheckpointManagerOptions(
+        enable_async_checkpointing=asynchronous,
+        preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
+        cleanup_tmp_directories=True,
+        best_fn=(lambda metrics: metrics[best_metric]) if best_metric else None,
+        best_mode=best_mode,
+    )
+    self.manager = ocp.CheckpointManager((self.workdir / "checkpoints").absolute(), options=options)
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def best_step(self) -> int | None:
+    return self.manager.best_step() if self.best_metric else None
+
+  def save(self, state: TrainState, data_state: dict, meta: dict, metrics: dict | None = None,
+           force: bool = False) -> bool:
+    step = int(state.step)
+    args = ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state), meta=ocp.args.JsonSave(meta)
+    )
+    return self.manager.save(step, args=args, metrics=metrics, force=force)
+
+  def read_meta(self, step: int) -> dict:
+    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+  def restore(self, step: int, abstract_state: TrainState, current_meta: dict) -> tuple[TrainState, dict]:
+    """(state, data iterator state) of `step`, after checking that it fits this run."""
+    check_compatible(self.read_meta(step), current_meta, f"checkpoint {self.workdir / 'checkpoints' / str(step)}")
+    restored = self.manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore())
+    )
+    return restored["state"], restored["data"]
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def export_prompt(workdir: str | Path, name: str, prompt_PxD: jax.Array) -> Path:
+  """Writes the prompt as prompts/<name>.npy (float32), on process 0 only."""
+  path = Path(workdir) / "prompts" / f"{name}.npy"
+  array = np.asarray(jax.device_get(prompt_PxD), np.float32)
+  if jax.process_index() == 0:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, array)
+  return path
+
