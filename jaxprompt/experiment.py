@@ -148,9 +148,7 @@ def load_features(exp: Experiment, split: str) -> list[features_lib.Feature]:
   data = exp.config.data
   source = task_spec.data_source_from_config(data[split])
   records = readers.read_records(source)
-  if exp.task.flatten == "multirc":
-    records = readers.flatten_multirc(records)
-  feats, stats = features_lib.featurize(
+  feats, stats = features_lib.featurize(  # applies the task's record flattening (MultiRC) itself
       records, exp.task, exp.tokenizer, data.max_input_len, data.max_target_len, data.skip_bad_examples
   )
   log.info("%s data (%s): %s", split, source, stats.summary())

@@ -27,7 +27,6 @@ def tiny_config(task: str = "sst2", **overrides) -> ml_collections.ConfigDict:
   config.num_steps = 6
   config.eval_every = 6
   config.checkpoint_every = 3
-  config.async_checkpointing = False
   config.mesh.data = 2
   config.mesh.fsdp = 4
   for key, value in overrides.items():

@@ -28,7 +28,7 @@ def _train_command(workdir: Path, num_steps: int) -> list[str]:
       f"--config.data.train.files=('{SHARED_DATA / 'sst2' / 'train.tsv'}',)",
       f"--config.data.eval.files=('{SHARED_DATA / 'sst2' / 'dev.tsv'}',)",
       "--config.data.max_eval_examples=32", f"--config.num_steps={num_steps}", "--config.eval_every=3",
-      "--config.checkpoint_every=1", "--config.log_every=1", "--config.async_checkpointing=False",
+      "--config.checkpoint_every=1", "--config.log_every=1",
   ]
 
 
