@@ -70,7 +70,8 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _PROMPT.value is None:
     raise app.UsageError("--prompt is required")
-  logging.getLogger().setLevel(logging.INFO)
+  logging.getLogger().setLevel(logging.WARNING)  # Orbax and grain are chatty at INFO
+  logging.getLogger("jaxprompt").setLevel(logging.INFO)
   print(json.dumps(evaluate_prompt(_CONFIG.value, _PROMPT.value), indent=2))
 
 

@@ -176,7 +176,8 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _WORKDIR.value is None:
     raise app.UsageError("--workdir is required")
-  logging.getLogger().setLevel(logging.INFO)
+  logging.getLogger().setLevel(logging.WARNING)  # Orbax and grain are chatty at INFO
+  logging.getLogger("jaxprompt").setLevel(logging.INFO)
   result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   print(f"done at step {result['step']}; best {_CONFIG.value.best_metric} = {result['best_value']} "
         f"at step {result['best_step']}; last eval: {result['eval']}")
