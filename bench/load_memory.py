@@ -32,11 +32,12 @@ def write_checkpoint(size: str, directory: Path) -> None:
   import safetensors.numpy
 
   from jaxprompt.models.t5_config import T5Config
-  from jaxprompt.weights.t5_loader import _targets
+  from jaxprompt.sharding import param_targets
+  from jaxprompt.weights.t5_loader import abstract_t5_params
   from jaxprompt.weights.t5_names import t5_param_sources
 
   config = T5Config.preset(size)
-  targets = _targets(config, None, ())
+  targets = param_targets(abstract_t5_params(config), None)
   rng = np.random.default_rng(0)
   tensors = {}
   for path, src in t5_param_sources(config, "hf").items():

@@ -71,6 +71,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
 
   config.model = ml_collections.ConfigDict(dict(
+      family="t5",  # t5 (encoder-decoder) | llama (decoder-only)
       # Hub id, local HF directory/file or T5X checkpoint of the frozen backbone; empty: random init
       # of the `size` preset (only sensible for tests and demos).
       checkpoint="" if tiny else f"google/t5-{args['size']}-lm-adapt",
@@ -122,6 +123,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       b1=0.9,  # Adam only
       b2=0.999,  # Adam only
       eps=1e-8,  # Adam only
+  ))
+
+  config.loss_over = "vocabulary"  # vocabulary | label_words (PET: softmax over the label words only)
+  config.icl = ml_collections.ConfigDict(dict(
+      num_shots=0,  # GPT-3-style demonstrations from the training data before each eval input
+      seed=0,  # which demonstrations each eval example gets
+      separator="\n\n",  # between demonstrations, and before the input
   ))
 
   config.seed = 0  # prompt init, data order and dropout

@@ -1,9 +1,12 @@
-"""`python -m jaxprompt.evaluate --config=... --prompt=PATH`: a trained prompt on the frozen backbone.
+"""`python -m jaxprompt.evaluate --config=... [--prompt=PATH]`: evaluate a frozen backbone.
 
-PATH is a run's workdir (its best checkpoint, else the latest), one checkpoint directory
-(`workdir/checkpoints/<step>`), or an exported prompt (`.npy`, e.g. `workdir/prompts/best.npy`).
-A checkpoint must match the backbone (fingerprint), the method and the prompt's shape; a `.npy`
-must match the prompt's shape.
+With `--prompt`, a trained prompt: PATH is a run's workdir (its best checkpoint, else the latest),
+one checkpoint directory (`workdir/checkpoints/<step>`), or an exported prompt (`.npy`, e.g.
+`workdir/prompts/best.npy`). A checkpoint must match the backbone (fingerprint), the method and the
+prompt's shape; a `.npy` must match the prompt's shape.
+
+Without `--prompt`, the frozen model alone: zero-shot, or GPT-3-style k-shot with
+`--config.icl.num_shots=k` (demonstrations drawn, seeded, from the config's training data).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from jaxprompt.checkpoint import CheckpointMismatchError, PromptCheckpoints
 from jaxprompt.evaluation import evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The run config the prompt was trained with.", lock_config=True)
-_PROMPT = flags.DEFINE_string("prompt", None, "A workdir, a checkpoint directory, or a prompt .npy.")
+_PROMPT = flags.DEFINE_string("prompt", None, "A workdir, a checkpoint directory, or a prompt .npy; none: zero/k-shot.")
 
 
 def load_prompt_params(exp: experiment.Experiment, path: str) -> tuple[Any, str]:
@@ -56,11 +59,18 @@ def load_prompt_params(exp: experiment.Experiment, path: str) -> tuple[Any, str]
   return state.params, f"{workdir / 'checkpoints' / str(step)}"
 
 
-def evaluate_prompt(config: ml_collections.ConfigDict, prompt_path: str) -> dict[str, float]:
+def evaluate_prompt(config: ml_collections.ConfigDict, prompt_path: str | None) -> dict[str, float]:
+  """Eval metrics of the prompt at `prompt_path`, or of the frozen model alone when it is None."""
+  if prompt_path is None:
+    config = config.copy_and_resolve_references()
+    config.prompt.method = "none"
   exp = experiment.build(config)
   features = experiment.load_features(exp, "eval")
-  params, where = load_prompt_params(exp, prompt_path)
-  logging.info("evaluating the prompt from %s", where)
+  if prompt_path is None:
+    params, where = {}, f"no prompt ({config.icl.num_shots}-shot)"
+  else:
+    params, where = load_prompt_params(exp, prompt_path)
+  logging.getLogger("jaxprompt").info("evaluating %s", where)
   with sharding_lib.activate(exp.mesh, exp.rules):
     return evaluate(exp.eval_step(), params, exp.frozen, features, exp)
 
@@ -68,8 +78,6 @@ def evaluate_prompt(config: ml_collections.ConfigDict, prompt_path: str) -> dict
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if _PROMPT.value is None:
-    raise app.UsageError("--prompt is required")
   logging.getLogger().setLevel(logging.WARNING)  # Orbax and grain are chatty at INFO
   logging.getLogger("jaxprompt").setLevel(logging.INFO)
   print(json.dumps(evaluate_prompt(_CONFIG.value, _PROMPT.value), indent=2))

@@ -22,16 +22,17 @@ def evaluate(
     exp: Any,
 ) -> dict[str, float]:
   """Metrics under `eval/`: loss per target token, the task metric by rank classification (when the
-  task has labels), and exact match of greedy decoding against the target text."""
-  config, task, tokenizer = exp.config, exp.task, exp.tokenizer
+  task has labels), and exact match: the greedy decoding starts with the target's tokens (for T5,
+  whose targets end with EOS, it must also stop there)."""
+  config, task, codec = exp.config, exp.task, exp.backbone.codec
   has_labels = bool(task.verbalizer) and task.target_template is None
   label_targets, label_mask = (
-      features_lib.label_targets(task, tokenizer, config.data.max_target_len) if has_labels else (None, None)
+      features_lib.label_targets(task, codec, config.data.max_target_len) if has_labels else (None, None)
   )
   columns: dict[str, list[np.ndarray]] = {}
   batches = pipeline.eval_batches(
       eval_features, config.eval_batch_size, config.data.max_input_len, config.data.max_target_len,
-      tuple(config.data.bucket_lengths), jax.process_index(), jax.process_count(),
+      tuple(config.data.bucket_lengths), jax.process_index(), jax.process_count(), codec.pad_inputs_left,
   )
   for local in batches:
     batch = pipeline.to_global(local, exp.batch_sharding)
@@ -47,8 +48,7 @@ def evaluate(
   if has_labels:
     predictions = cols["label_scores"].argmax(axis=1)
     metrics.update({f"eval/{k}": v for k, v in metrics_lib.task_metrics(task.metric, predictions, cols["label"], cols["group"]).items()})
-  decoded = [tokenizer.decode(row) for row in cols["decoded"]]
-  targets = [tokenizer.decode(row) for row in cols["targets"]]
-  metrics["eval/exact_match"] = metrics_lib.exact_match(decoded, targets)
+  if cols["target_tokens"].any():
+    metrics["eval/exact_match"] = metrics_lib.exact_match(cols["decoded"], cols["targets"], cols["target_tokens"])
   metrics["eval/examples"] = float(keep.sum())
   return metrics

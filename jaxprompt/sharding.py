@@ -16,7 +16,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding
+from flax import traverse_util
+from jax.sharding import AxisType, Mesh, NamedSharding, SingleDeviceSharding
 from jax.sharding import PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -29,6 +30,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("batch", ("data", "fsdp")),
     ("vocab", "tensor"),
     ("heads", "tensor"),
+    ("kv_heads", "tensor"),  # grouped-query attention's key/value heads (num_kv_heads % tensor == 0)
     ("mlp", "tensor"),
     ("embed", "fsdp"),
     ("kv", None),
@@ -91,3 +93,14 @@ def abstract_with_shardings(boxed_tree: Any, mesh: Mesh, rules: Rules = DEFAULT_
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
+
+
+def param_targets(boxed_tree: Any, mesh: Mesh | None, rules: Rules = DEFAULT_RULES) -> dict[str, jax.ShapeDtypeStruct]:
+  """'/'-joined param path -> ShapeDtypeStruct carrying the sharding the rules give it on `mesh`
+  (on the first device when `mesh` is None): what a loader fills."""
+  if mesh is None:
+    device = SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), nn.meta.unbox(boxed_tree))
+  else:
+    abstract = abstract_with_shardings(boxed_tree, mesh, rules)
+  return traverse_util.flatten_dict(abstract, sep="/")

@@ -27,7 +27,7 @@ from jaxprompt.evaluation import evaluate
 from jaxprompt.reporting import MetricsWriter, Progress
 from jaxprompt.tasks import pipeline
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("jaxprompt.train")  # not __name__: that is __main__ under python -m
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file (configs/*.py[:args]).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and exported prompts go.")
 
@@ -103,7 +103,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                   config.async_checkpointing)
   train_iter = pipeline.train_iterator(
       train_features, config.batch_size, config.seed, config.data.max_input_len, config.data.max_target_len,
-      tuple(config.data.bucket_lengths), jax.process_index(), jax.process_count(),
+      tuple(config.data.bucket_lengths), jax.process_index(), jax.process_count(), exp.backbone.codec.pad_inputs_left,
   )
   best = BestTracker(config.best_metric, best_mode)
   latest = checkpoints.latest_step()

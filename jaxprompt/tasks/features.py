@@ -1,15 +1,15 @@
 """Records to token features: rendered inputs, verbalized (or rendered) targets, class labels.
 
 A bad example (missing field, unknown label, blank input) raises DataError naming its file:line,
-or with `skip_bad_examples` is counted and left out. Sequences longer than the maximum are cut
-with their final token kept as EOS, and counted.
+or with `skip_bad_examples` is counted and left out. Sequences longer than the maximum are cut as
+the backbone's TextCodec says (T5: the end, EOS kept; decoders: the start), and counted.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -18,7 +18,7 @@ from jaxprompt.tasks.readers import flatten_multirc
 from jaxprompt.tasks.records import DataError, Record
 from jaxprompt.tasks.task_spec import TaskSpec
 from jaxprompt.tasks.templates import Template
-from jaxprompt.weights.tokenizer import SentencePieceTokenizer
+from jaxprompt.tasks.codec import TextCodec
 
 MAX_ERRORS_KEPT = 5
 _BOOL_SPELLINGS = {"false": 0, "true": 1}
@@ -28,8 +28,8 @@ _BOOL_SPELLINGS = {"false": 0, "true": 1}
 class Feature:
   """One tokenized example; `label` is -1 when there is no class label."""
 
-  inputs: list[int]  # ends with EOS
-  targets: list[int]  # ends with EOS; empty when the example has no label
+  inputs: list[int]  # as the codec encodes them (T5: ending with EOS)
+  targets: list[int]  # the label's or rendered target's ids; empty when there is no label
   label: int
   group: int  # MultiRC: the question; otherwise the record's position in the input
 
@@ -88,16 +88,18 @@ def label_index(raw: Any, spec: TaskSpec, where: str) -> int:
 def featurize(
     records: Sequence[Record],
     spec: TaskSpec,
-    tokenizer: SentencePieceTokenizer,
+    codec: TextCodec,
     max_input_len: int,
     max_target_len: int,
     skip_bad_examples: bool = False,
+    input_prefix: Callable[[int], str] | None = None,
 ) -> tuple[list[Feature], FeatureStats]:
   """Token features of `records` (after `spec.flatten`) and what happened to them.
 
   The label is read from `spec.label_field`; an absent or null field, or -1 (TFDS's label of test
   examples), means no label: label -1 and empty targets. A generation task (`target_template`)
-  renders its targets and has label -1.
+  renders its targets and has label -1. `input_prefix(i)`, if given, is text put before the i-th
+  record's rendered input (in-context demonstrations).
   """
   if max_input_len < 1 or max_target_len < 1:
     raise ValueError(f"max_input_len and max_target_len must be positive, got {max_input_len}, {max_target_len}")
@@ -105,7 +107,7 @@ def featurize(
     records = flatten_multirc(records)
   template = Template(spec.template)
   target_template = Template(spec.target_template) if spec.target_template is not None else None
-  verbalized = [tokenizer.encode(text) for text in spec.verbalizer]
+  verbalized = [codec.encode_label(text) for text in spec.verbalizer]
   stats = FeatureStats(records=len(records))
   features = []
   for position, record in enumerate(records):
@@ -113,9 +115,10 @@ def featurize(
       values = template.values(record.fields, record.where)
       if not any(value.strip() for value in values):
         raise DataError(f"{record.where}: empty input: the fields {list(template.fields)} are all blank")
-      inputs = tokenizer.encode(template.fill(values))
+      text = template.fill(values)
+      inputs = codec.encode_input(input_prefix(position) + text if input_prefix else text)
       if target_template is not None:
-        label, targets = -1, _rendered_target(target_template, record, tokenizer)
+        label, targets = -1, _rendered_target(target_template, record, codec)
       else:
         raw = record.fields.get(spec.label_field)
         if raw is None or (isinstance(raw, numbers.Integral) and raw == -1):
@@ -135,43 +138,33 @@ def featurize(
     stats.unlabeled += target_template is None and label == -1
     stats.longest_input = max(stats.longest_input, len(inputs))
     stats.longest_target = max(stats.longest_target, len(targets))
-    inputs, cut_inputs = truncate(inputs, max_input_len, tokenizer.eos_id)
-    targets, cut_targets = truncate(targets, max_target_len, tokenizer.eos_id)
+    inputs, cut_inputs = codec.truncate_input(inputs, max_input_len)
+    targets, cut_targets = codec.truncate_target(targets, max_target_len)
     stats.truncated_inputs += cut_inputs
     stats.truncated_targets += cut_targets
     features.append(Feature(inputs, targets, label, group))
   return features, stats
 
 
-def _rendered_target(template: Template, record: Record, tokenizer: SentencePieceTokenizer) -> list[int]:
+def _rendered_target(template: Template, record: Record, codec: TextCodec) -> list[int]:
   values = template.values(record.fields, record.where)
   if not any(value.strip() for value in values):
     raise DataError(f"{record.where}: empty target: the fields {list(template.fields)} are all blank")
-  return tokenizer.encode(template.fill(values))
+  return codec.encode_target(template.fill(values))
 
 
-def truncate(ids: list[int], max_len: int, eos_id: int) -> tuple[list[int], bool]:
-  """`ids` cut to `max_len` tokens with the last one EOS, and whether it was cut."""
-  if len(ids) <= max_len:
-    return ids, False
-  return ids[: max_len - 1] + [eos_id], True
-
-
-def label_targets(
-    spec: TaskSpec, tokenizer: SentencePieceTokenizer, max_target_len: int
-) -> tuple[np.ndarray, np.ndarray]:
+def label_targets(spec: TaskSpec, codec: TextCodec, max_target_len: int) -> tuple[np.ndarray, np.ndarray]:
   """The tokenized verbalizer of every class, padded: (targets_CxT int32, target_mask_CxT bool)."""
   if spec.num_classes == 0:
     raise ValueError(f"Task {spec.name!r} is a generation task: it has no classes to rank")
-  targets_CxT = np.full((spec.num_classes, max_target_len), tokenizer.pad_id, np.int32)
+  targets_CxT = np.full((spec.num_classes, max_target_len), codec.pad_id, np.int32)
   target_mask_CxT = np.zeros((spec.num_classes, max_target_len), bool)
   for c, text in enumerate(spec.verbalizer):
-    ids = tokenizer.encode(text)
+    ids = codec.encode_label(text)
     # Cut verbalizers could tie two classes, so rank classification refuses them.
     if len(ids) > max_target_len:
       raise ValueError(
-          f"Task {spec.name!r}: the verbalizer {text!r} is {len(ids)} tokens with EOS,"
-          f" more than max_target_len={max_target_len}"
+          f"Task {spec.name!r}: the verbalizer {text!r} is {len(ids)} tokens, more than max_target_len={max_target_len}"
       )
     targets_CxT[c, : len(ids)] = ids
     target_mask_CxT[c, : len(ids)] = True

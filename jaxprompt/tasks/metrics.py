@@ -46,10 +46,15 @@ def _f1(predicted: np.ndarray, actual: np.ndarray) -> float:
   return float(2 * true_pos / denominator) if denominator else 0.0
 
 
-def exact_match(predicted_texts: Sequence[str], target_texts: Sequence[str]) -> float:
-  """The fraction of predictions equal to their target, compared as exact strings."""
-  if len(predicted_texts) != len(target_texts):
-    raise ValueError(f"{len(predicted_texts)} predictions but {len(target_texts)} targets")
-  if not target_texts:
-    raise ValueError("No texts to compare")
-  return float(np.mean([p == t for p, t in zip(predicted_texts, target_texts)]))
+def exact_match(decoded: np.ndarray, targets: np.ndarray, target_lengths: np.ndarray) -> float:
+  """The fraction of examples whose decoded tokens start with their target's tokens.
+
+  Examples with an empty target are left out. A target that ends with EOS (T5's) thus also
+  requires the decoding to stop there.
+  """
+  if not len(decoded) == len(targets) == len(target_lengths):
+    raise ValueError(f"{len(decoded)} decodings, {len(targets)} targets, {len(target_lengths)} lengths")
+  scored = [(d, t, int(n)) for d, t, n in zip(decoded, targets, target_lengths) if n > 0]
+  if not scored:
+    raise ValueError("No non-empty targets to compare")
+  return float(np.mean([np.array_equal(d[:n], t[:n]) for d, t, n in scored]))

@@ -37,6 +37,7 @@ class _Batcher:
   buckets: tuple[int, ...]
   max_target_len: int
   rows: slice
+  pad_inputs_left: bool  # decoders: so every example's answer starts at the same column
 
   def __call__(self, ids_G: np.ndarray) -> dict[str, np.ndarray]:
     real_G = ids_G >= 0
@@ -55,8 +56,9 @@ class _Batcher:
     for row, i in enumerate(ids_B):
       if i >= 0:
         feature = self.features[i]
-        batch["inputs"][row, : len(feature.inputs)] = feature.inputs
-        batch["input_mask"][row, : len(feature.inputs)] = True
+        columns = slice(length - len(feature.inputs), length) if self.pad_inputs_left else slice(0, len(feature.inputs))
+        batch["inputs"][row, columns] = feature.inputs
+        batch["input_mask"][row, columns] = True
         batch["targets"][row, : len(feature.targets)] = feature.targets
         batch["target_mask"][row, : len(feature.targets)] = True
         batch["label"][row] = feature.label
@@ -73,6 +75,7 @@ def train_iterator(
     bucket_lengths: Sequence[int] = (),
     process_index: int = 0,
     process_count: int = 1,
+    pad_inputs_left: bool = False,
 ) -> grain.DatasetIterator:
   """An endless stream of this process's local batches, reshuffled every epoch from `seed`.
 
@@ -80,7 +83,8 @@ def train_iterator(
   JSON-serialisable dict; `set_state()` on a fresh iterator continues the stream exactly.
   """
   batcher = _make_batcher(
-      features, global_batch_size, max_input_len, max_target_len, bucket_lengths, process_index, process_count
+      features, global_batch_size, max_input_len, max_target_len, bucket_lengths, process_index, process_count,
+      pad_inputs_left,
   )
   dataset = (
       grain.MapDataset.source(range(len(features)))
@@ -101,10 +105,12 @@ def eval_batches(
     bucket_lengths: Sequence[int] = (),
     process_index: int = 0,
     process_count: int = 1,
+    pad_inputs_left: bool = False,
 ) -> Iterator[dict[str, np.ndarray]]:
   """Every feature once, in order, in global batches of `batch_size`; the last padded (example_mask False)."""
   batcher = _make_batcher(
-      features, batch_size, max_input_len, max_target_len, bucket_lengths, process_index, process_count
+      features, batch_size, max_input_len, max_target_len, bucket_lengths, process_index, process_count,
+      pad_inputs_left,
   )
   for start in range(0, len(features), batch_size):
     ids_G = np.arange(start, start + batch_size)
@@ -119,6 +125,7 @@ def _make_batcher(
     bucket_lengths: Sequence[int],
     process_index: int,
     process_count: int,
+    pad_inputs_left: bool,
 ) -> _Batcher:
   if not features:
     raise ValueError("No features to batch")
@@ -144,7 +151,7 @@ def _make_batcher(
       )
   local = global_batch_size // process_count
   rows = slice(process_index * local, (process_index + 1) * local)
-  return _Batcher(features, input_lens, buckets, max_target_len, rows)
+  return _Batcher(features, input_lens, buckets, max_target_len, rows, pad_inputs_left)
 
 
 def to_global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:

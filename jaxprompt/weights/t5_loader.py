@@ -8,11 +8,10 @@ import logging
 import re
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax import traverse_util
-from jax.sharding import Mesh, SingleDeviceSharding
+from jax.sharding import Mesh
 
 from jaxprompt import sharding as sharding_lib
 from jaxprompt.models.t5 import T5
@@ -30,16 +29,6 @@ def abstract_t5_params(config: T5Config) -> Any:
   ids = jnp.zeros((1, 1), jnp.int32)
   init = lambda: T5(config).init(jax.random.key(0), ids, ids > 0, ids)
   return jax.eval_shape(init)["params"]
-
-
-def _targets(config: T5Config, mesh: Mesh | None, rules) -> dict[str, jax.ShapeDtypeStruct]:
-  boxed = abstract_t5_params(config)
-  if mesh is None:
-    device = SingleDeviceSharding(jax.devices()[0])
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), nn.meta.unbox(boxed))
-  else:
-    abstract = sharding_lib.abstract_with_shardings(boxed, mesh, rules)
-  return traverse_util.flatten_dict(abstract, sep="/")
 
 
 def infer_t5x_config(source: TensorSource, prefix: str, **overrides: Any) -> T5Config:
@@ -125,7 +114,7 @@ def load_t5_params(
     rules: sharding_lib.Rules = sharding_lib.DEFAULT_RULES,
 ) -> dict[str, Any]:
   """{"params": ...} from an open checkpoint; fails before loading anything if it does not fit."""
-  targets = _targets(config, mesh, rules)
+  targets = sharding_lib.param_targets(abstract_t5_params(config), mesh, rules)
   sources = t5_param_sources(config, dialect, prefix)
   summary = (
       f"T5 d_model={config.d_model} d_kv={config.d_kv} d_ff={config.d_ff} heads={config.num_heads} "

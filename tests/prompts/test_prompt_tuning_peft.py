@@ -9,7 +9,7 @@ import peft
 import pytest
 import torch
 
-from jaxprompt import steps
+from jaxprompt import seq2seq_steps
 from jaxprompt.models.t5 import T5
 from jaxprompt.prompts import initializers
 from jaxprompt.prompts.soft_prompt import SoftPrompt
@@ -47,7 +47,7 @@ def test_loss_and_prompt_gradient_match_peft(tmp_path, variant):
            "example_mask": np.ones(3, bool)}
 
   def mean_loss(p):
-    total, count = steps.loss_sum(p, frozen, batch, jax.random.key(0), T5(config), method)
+    total, count = seq2seq_steps.loss_sum(p, frozen, batch, jax.random.key(0), model=T5(config), method=method)
     return total / count
 
   loss, grads = jax.value_and_grad(mean_loss)(params)

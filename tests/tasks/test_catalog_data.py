@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from jaxprompt.tasks.codec import t5_codec
 from jaxprompt.tasks.catalog import TASKS
 from jaxprompt.tasks.features import featurize
 from jaxprompt.tasks.readers import flatten_multirc
@@ -30,7 +31,7 @@ CLASS_COUNTS = {
 
 def featurized(source, task, tokenizer, max_input_len=512):
   records = read_records(source)
-  features, stats = featurize(records, TASKS[task], tokenizer, max_input_len, 8)
+  features, stats = featurize(records, TASKS[task], t5_codec(tokenizer), max_input_len, 8)
   assert stats.skipped == 0 and stats.kept == stats.records == len(features)
   prefix = TASKS[task].template.split(":")[0]
   for feature in features[:20]:
@@ -81,10 +82,10 @@ def test_agnews_test(shared_data, tokenizer):
   assert len(quoted) == 1 and '"Music Manifesto" campaign' in quoted[0].fields["text"]
 
 
-def test_exact_inputs(shared_data, tokenizer):
+def test_exact_inputs(shared_data, tokenizer, codec):
   def first(task, split="val"):
     path = shared_data / "superglue" / SUPERGLUE_DIRS[task] / f"{split}.jsonl"
-    return featurize(read_records(DataSource("jsonl", (str(path),))), TASKS[task], tokenizer, 512, 8)[0][0]
+    return featurize(read_records(DataSource("jsonl", (str(path),))), TASKS[task], codec, 512, 8)[0][0]
 
   copa = first("copa")
   assert tokenizer.decode(copa.inputs) == (
@@ -116,7 +117,7 @@ def test_exact_inputs(shared_data, tokenizer):
   assert len(boolq.inputs) == 215 and tokenizer.decode(boolq.targets) == "True"
 
 
-def test_multirc_flattening_matches_the_file(shared_data, tokenizer):
+def test_multirc_flattening_matches_the_file(shared_data, tokenizer, codec):
   path = shared_data / "superglue" / "MultiRC" / "val.jsonl"
   records = read_records(DataSource("jsonl", (str(path),)))
   flat = flatten_multirc(records)
@@ -130,7 +131,7 @@ def test_multirc_flattening_matches_the_file(shared_data, tokenizer):
   groups = [r.fields["group"] for r in flat]
   assert groups == sorted(groups) and groups[-1] == 952
   assert flatten_multirc(flat) == flat  # TFDS-style flat records pass through
-  features, _ = featurize(records, TASKS["multirc"], tokenizer, 512, 8)
+  features, _ = featurize(records, TASKS["multirc"], codec, 512, 8)
   assert [f.group for f in features] == groups
   assert tokenizer.decode(features[0].inputs).startswith(
       "multirc question: Would the mass of a baseball affect how much force you have to use to pick it up?"
@@ -138,7 +139,7 @@ def test_multirc_flattening_matches_the_file(shared_data, tokenizer):
   )
 
 
-def test_unlabeled_pool(shared_data, tokenizer):
+def test_unlabeled_pool(shared_data, tokenizer, codec):
   path = shared_data / "superglue" / "COPA" / "unlabeled.jsonl"
-  features, stats = featurize(read_records(DataSource("jsonl", (str(path),))), TASKS["copa"], tokenizer, 128, 8)
+  features, stats = featurize(read_records(DataSource("jsonl", (str(path),))), TASKS["copa"], codec, 128, 8)
   assert len(features) == stats.unlabeled == 400 and {f.label for f in features} == {-1}

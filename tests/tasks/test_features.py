@@ -77,15 +77,15 @@ BAD_ROWS = [
     "bad_line, message",
     [(2, r":2: missing field 'hypothesis'"), (3, r":3: unknown label 'maybe'"), (4, r":4: empty input")],
 )
-def test_bad_examples_name_file_and_line(tmp_path, tokenizer, bad_line, message):
+def test_bad_examples_name_file_and_line(tmp_path, tokenizer, bad_line, message, codec):
   records = write_jsonl(tmp_path / "d.jsonl", [GOOD] * (bad_line - 1) + [BAD_ROWS[bad_line - 1]])
   with pytest.raises(DataError, match=f"{tmp_path / 'd.jsonl'}{message}"):
-    featurize(records, RTE, tokenizer, 64, 8)
+    featurize(records, RTE, codec, 64, 8)
 
 
-def test_skip_bad_examples_counts_and_skips(tmp_path, tokenizer):
+def test_skip_bad_examples_counts_and_skips(tmp_path, tokenizer, codec):
   records = write_jsonl(tmp_path / "d.jsonl", BAD_ROWS)
-  features, stats = featurize(records, RTE, tokenizer, 64, 8, skip_bad_examples=True)
+  features, stats = featurize(records, RTE, codec, 64, 8, skip_bad_examples=True)
   assert [f.label for f in features] == [0, 1]
   assert [f.group for f in features] == [0, 4]  # the records' positions
   assert (stats.records, stats.kept, stats.skipped) == (5, 2, 3)
@@ -93,9 +93,9 @@ def test_skip_bad_examples_counts_and_skips(tmp_path, tokenizer):
   assert "2/5 examples kept, 3 skipped" in stats.summary() and "missing field" in stats.summary()
 
 
-def test_rendering_and_tokens(tokenizer):
+def test_rendering_and_tokens(tokenizer, codec):
   record = Record({"premise": "A man sleeps.", "hypothesis": "A man is awake.", "label": "not_entailment"}, "x:1")
-  (feature,), stats = featurize([record], RTE, tokenizer, 64, 8)
+  (feature,), stats = featurize([record], RTE, codec, 64, 8)
   assert feature.inputs == tokenizer.encode("rte hypothesis: A man is awake. premise: A man sleeps.")
   assert feature.inputs[-1] == tokenizer.eos_id
   assert feature.targets == tokenizer.encode("not_entailment") == [59, 834, 35, 5756, 297, 1]
@@ -103,11 +103,11 @@ def test_rendering_and_tokens(tokenizer):
   assert (stats.truncated_inputs, stats.truncated_targets, stats.longest_target) == (0, 0, 6)
 
 
-def test_truncation_keeps_eos_and_is_counted(tokenizer):
+def test_truncation_keeps_eos_and_is_counted(tokenizer, codec):
   long = Record({"premise": "one two three four five six", "hypothesis": "seven", "label": "not_entailment"}, "x:1")
   short = Record({"premise": "a", "hypothesis": "b", "label": "entailment"}, "x:2")
   full = tokenizer.encode("rte hypothesis: seven premise: one two three four five six")
-  features, stats = featurize([long, short], RTE, tokenizer, max_input_len=6, max_target_len=5)
+  features, stats = featurize([long, short], RTE, codec, max_input_len=6, max_target_len=5)
   assert features[0].inputs == full[:5] + [tokenizer.eos_id]
   assert features[0].targets == [59, 834, 35, 5756, 1]  # "not_entailment" cut, EOS kept
   assert features[1].targets == [3, 35, 5756, 297, 1]  # "entailment" is exactly 5 tokens: not cut
@@ -115,39 +115,39 @@ def test_truncation_keeps_eos_and_is_counted(tokenizer):
   assert (stats.truncated_inputs, stats.truncated_targets, stats.longest_input) == (2, 1, len(full))
 
 
-def test_unlabeled_examples(tokenizer):
+def test_unlabeled_examples(tokenizer, codec):
   records = [
       Record({"premise": "a", "hypothesis": "b"}, "x:1"),
       Record({"premise": "a", "hypothesis": "b", "label": None}, "x:2"),
       Record({"premise": "a", "hypothesis": "b", "label": -1}, "x:3"),  # TFDS test splits
   ]
-  features, stats = featurize(records, RTE, tokenizer, 64, 8)
+  features, stats = featurize(records, RTE, codec, 64, 8)
   assert [(f.label, f.targets) for f in features] == [(-1, [])] * 3
   assert stats.unlabeled == 3 and "3 unlabeled" in stats.summary()
 
 
-def test_label_field_and_generation_task(tokenizer):
+def test_label_field_and_generation_task(tokenizer, codec):
   spec = TaskSpec("qa", "question: {q}", (), (), target_template="{answer.text}")
   records = [
       Record({"q": "Who?", "answer": {"text": "Tom"}}, "x:1"),
       Record({"q": "Why?", "answer": {"text": " "}}, "x:2"),
   ]
   with pytest.raises(DataError, match="x:2: empty target"):
-    featurize(records, spec, tokenizer, 16, 4)
-  features, stats = featurize(records, spec, tokenizer, 16, 4, skip_bad_examples=True)
+    featurize(records, spec, codec, 16, 4)
+  features, stats = featurize(records, spec, codec, 16, 4, skip_bad_examples=True)
   assert [(f.targets, f.label) for f in features] == [(tokenizer.encode("Tom"), -1)] and stats.skipped == 1
   custom = TaskSpec("s", "s: {text}", ("neg", "pos"), ("bad", "good"), label_field="stars")
-  (feature,), _ = featurize([Record({"text": "fine", "stars": "pos"}, "x:1")], custom, tokenizer, 16, 4)
+  (feature,), _ = featurize([Record({"text": "fine", "stars": "pos"}, "x:1")], custom, codec, 16, 4)
   assert (feature.label, feature.targets) == (1, tokenizer.encode("good"))
 
 
-def test_label_targets(tokenizer):
-  targets_CxT, mask_CxT = label_targets(RTE, tokenizer, 8)
+def test_label_targets(tokenizer, codec):
+  targets_CxT, mask_CxT = label_targets(RTE, codec, 8)
   assert targets_CxT.dtype == np.int32 and mask_CxT.dtype == bool and targets_CxT.shape == (2, 8)
   np.testing.assert_array_equal(targets_CxT[0], [3, 35, 5756, 297, 1, 0, 0, 0])
   np.testing.assert_array_equal(targets_CxT[1], [59, 834, 35, 5756, 297, 1, 0, 0])
   np.testing.assert_array_equal(mask_CxT.sum(1), [5, 6])
   with pytest.raises(ValueError, match="'not_entailment' is 6 tokens"):
-    label_targets(RTE, tokenizer, 5)
+    label_targets(RTE, codec, 5)
   with pytest.raises(ValueError, match="generation task"):
-    label_targets(TaskSpec("g", "{a}", (), (), target_template="{b}"), tokenizer, 4)
+    label_targets(TaskSpec("g", "{a}", (), (), target_template="{b}"), codec, 4)

@@ -43,6 +43,9 @@ def test_metric_errors():
 
 
 def test_exact_match():
-  assert exact_match(["positive", "no ", "True"], ["positive", "no", "True"]) == pytest.approx(2 / 3)
-  with pytest.raises(ValueError, match="2 predictions but 1 targets"):
-    exact_match(["a", "b"], ["a"])
+  decoded = np.array([[5, 6, 1, 0], [5, 7, 1, 0], [5, 6, 9, 9], [3, 3, 3, 3]])
+  targets = np.array([[5, 6, 1, 0], [5, 6, 1, 0], [5, 6, 0, 0], [0, 0, 0, 0]])
+  # Row 1 decodes another token; row 2 matches its 2-token target (no EOS); row 3 has no target.
+  assert exact_match(decoded, targets, np.array([3, 3, 2, 0])) == pytest.approx(2 / 3)
+  with pytest.raises(ValueError, match="4 decodings, 4 targets, 3 lengths"):
+    exact_match(decoded, targets, np.array([1, 1, 1]))

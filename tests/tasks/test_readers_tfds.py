@@ -85,22 +85,22 @@ def test_tfds_records_are_plain_python(data_dir):
     assert type(value) in (str, int, list)
 
 
-def test_tfds_class_label_ints_featurize(data_dir, tokenizer):
+def test_tfds_class_label_ints_featurize(data_dir, tokenizer, codec):
   records = read_records(DataSource("tfds", tfds_name="tiny_super_glue/rte", split="validation", data_dir=data_dir))
   records.sort(key=lambda record: record.fields["idx"])
-  features, stats = featurize(records, TASKS["rte"], tokenizer, 64, 8)
+  features, stats = featurize(records, TASKS["rte"], codec, 64, 8)
   assert [f.label for f in features] == [0, 1]
   assert tokenizer.decode(features[0].inputs) == "rte hypothesis: Paris is French. premise: Paris is in France. é"
   assert tokenizer.decode(features[1].targets) == "not_entailment"
   records = read_records(DataSource("tfds", tfds_name="tiny_super_glue/rte", split="test", data_dir=data_dir))
-  features, stats = featurize(records, TASKS["rte"], tokenizer, 64, 8)
+  features, stats = featurize(records, TASKS["rte"], codec, 64, 8)
   assert [(f.label, f.targets) for f in features] == [(-1, []), (-1, [])] and stats.unlabeled == 2
 
 
-def test_tfds_multirc_is_grouped_by_question(data_dir, tokenizer):
+def test_tfds_multirc_is_grouped_by_question(data_dir, tokenizer, codec):
   records = read_records(DataSource("tfds", tfds_name="tiny_super_glue/multirc", split="validation", data_dir=data_dir))
   assert sorted(r.fields["idx"]["answer"] for r in records) == [0, 1, 2]
-  features, _ = featurize(records, TASKS["multirc"], tokenizer, 64, 8)
+  features, _ = featurize(records, TASKS["multirc"], codec, 64, 8)
   # Answers of one question need not be adjacent (TFDS shuffled them): groups come from idx.
   by_answer = {r.fields["idx"]["answer"]: f for r, f in zip(records, features, strict=True)}
   assert [by_answer[a].label for a in range(3)] == [1, 0, 1]

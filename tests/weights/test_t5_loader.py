@@ -135,9 +135,10 @@ def test_host_memory_stays_near_one_tensor(tmp_path):
         "num_layers": 4, "feed_forward_proj": "gated-gelu", "tie_word_embeddings": False}
   (tmp_path / "config.json").write_text(json.dumps(hf))
   from jaxprompt.weights.t5_names import t5_param_sources
-  from jaxprompt.weights.t5_loader import _targets
+  from jaxprompt.sharding import param_targets
+  from jaxprompt.weights.t5_loader import abstract_t5_params
 
-  targets = _targets(config, None, ())
+  targets = param_targets(abstract_t5_params(config), None)
   tensors = {}
   for path, src in t5_param_sources(config, "hf").items():
     for name in src.names:

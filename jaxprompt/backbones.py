@@ -1,0 +1,117 @@
+"""The frozen backbone of a run, whatever its family: weights, tokenizer, text codec, objective.
+
+`config.model.family` picks one of
+  t5     encoder-decoder (T5 v1.0/v1.1/LM-adapted/Flan-T5): the answer is decoded from the encoder
+  llama  decoder-only (Llama, SmolLM, ...): the answer continues the input
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+from jax.sharding import Mesh
+
+from jaxprompt import causal_lm_steps, seq2seq_steps
+from jaxprompt import sharding as sharding_lib
+from jaxprompt.models.llama import Llama
+from jaxprompt.models.llama_config import LlamaConfig
+from jaxprompt.models.t5 import T5
+from jaxprompt.models.t5_config import T5Config
+from jaxprompt.tasks.codec import TextCodec, decoder_codec, t5_codec
+from jaxprompt.weights.llama_loader import abstract_llama_params, load_llama
+from jaxprompt.weights.t5_loader import abstract_t5_params, load_t5
+from jaxprompt.weights.tokenizer import load_t5_tokenizer
+
+FAMILIES = ("t5", "llama")
+
+
+@dataclasses.dataclass
+class Backbone:
+  """A loaded frozen backbone and what the rest of a run needs to know about it."""
+
+  family: str
+  config: T5Config | LlamaConfig
+  frozen: Any
+  tokenizer: Any
+  codec: TextCodec
+
+  @property
+  def embed_dim(self) -> int:
+    return self.config.d_model if self.family == "t5" else self.config.hidden_size
+
+  @property
+  def embedding(self) -> jax.Array:
+    """The input embedding table [vocab, embed] (what vocabulary-based prompt inits sample)."""
+    return self.frozen["params"]["token_embedder"]["embedding"]
+
+  def loss_sum(self, method: nn.Module, label_token_ids: jax.Array | None = None):
+    """The family's training loss bound to its model: (prompt params, frozen, batch, rng) -> (sum, count)."""
+    if self.family == "t5":
+      if label_token_ids is not None:
+        raise ValueError("config.loss_over='label_words' is implemented for decoder-only backbones")
+      model = T5(self.config, deterministic=self.config.dropout_rate == 0)
+      return functools.partial(seq2seq_steps.loss_sum, model=model, method=method)
+    return functools.partial(causal_lm_steps.loss_sum, model=Llama(self.config), method=method,
+                             label_token_ids=label_token_ids)
+
+  def eval_step(self, method: nn.Module | None, max_decode_len: int):
+    """The family's eval step: (prompt params, frozen, batch, label targets, label mask) -> outputs."""
+    if self.family == "t5":
+      return functools.partial(seq2seq_steps.eval_step, model=T5(self.config), method=method,
+                               max_decode_len=max_decode_len)
+    return functools.partial(causal_lm_steps.eval_step, model=Llama(self.config), method=method,
+                             max_decode_len=max_decode_len, eos_id=self.codec.eos_id, pad_id=self.codec.pad_id)
+
+
+def load_backbone(model: ml_collections.ConfigDict, mesh: Mesh, rules) -> Backbone:
+  """The frozen backbone of `config.model`: streamed from its checkpoint, or randomly initialised."""
+  if model.family not in FAMILIES:
+    raise ValueError(f"config.model.family={model.family!r} is not one of {FAMILIES}")
+  run_fields = dict(dtype=model.dtype, scan_layers=model.scan_layers, remat_policy=model.remat_policy,
+                    dropout_rate=model.dropout_rate)
+  if model.family == "t5":
+    if model.checkpoint:
+      config, frozen = load_t5(model.checkpoint, mesh=mesh, rules=rules, param_dtype=model.param_dtype, **run_fields)
+    else:
+      config = T5Config.preset(model.size, param_dtype=model.param_dtype, **run_fields)
+      frozen = _random_init(T5(config), abstract_t5_params(config), mesh, rules, model.init_seed)
+    tokenizer = load_t5_tokenizer(model.tokenizer or model.checkpoint)
+    return Backbone("t5", config, frozen, tokenizer, t5_codec(tokenizer))
+
+  if model.checkpoint:
+    config, frozen = load_llama(model.checkpoint, mesh=mesh, rules=rules, param_dtype=model.param_dtype, **run_fields)
+  else:
+    if model.size != "tiny":
+      raise ValueError(f"config.model.size={model.size!r}: a random Llama backbone is only offered as 'tiny'")
+    config = LlamaConfig.tiny(param_dtype=model.param_dtype, **run_fields)
+    frozen = _random_init(Llama(config), abstract_llama_params(config), mesh, rules, model.init_seed,
+                          method=Llama.forward_logits)
+  tokenizer = _decoder_tokenizer(model.tokenizer or model.checkpoint)
+  return Backbone("llama", config, frozen, tokenizer, decoder_codec(tokenizer, model.add_bos))
+
+
+def _decoder_tokenizer(source: str):
+  if str(source).endswith(".gguf"):
+    from jaxprompt.weights.gguf_tokenizer import gguf_tokenizer
+
+    return gguf_tokenizer(source)
+  from jaxprompt.weights.hf_tokenizer import load_hf_tokenizer
+
+  return load_hf_tokenizer(source)
+
+
+def _random_init(module: nn.Module, boxed_abstract: Any, mesh: Mesh, rules, seed: int, method=None) -> Any:
+  """Random params created directly in their shardings (tests and demos without a checkpoint)."""
+  shardings = sharding_lib.logical_to_shardings(boxed_abstract, mesh, rules)
+  ids = jnp.zeros((1, 1), jnp.int32)
+  if isinstance(module, T5):
+    init = lambda key: nn.meta.unbox(module.init(key, ids, ids > 0, ids)["params"])
+  else:
+    init = lambda key: nn.meta.unbox(module.init(key, ids, ids > 0, method=method)["params"])
+  return {"params": jax.jit(init, out_shardings=shardings)(jax.random.key(seed))}

@@ -1,0 +1,93 @@
+"""A decoder-only model's objective: the answer continues the (prompted, left-padded) input.
+
+The sequence is [soft tokens | inputs, left-padded | targets, right-padded]; wherever a prompt
+method places its soft tokens, they come before the targets, so the last T+1 positions' hidden
+states predict the T target tokens.
+
+    loss_sum:  summed target-token cross-entropy over the vocabulary; or, with `label_token_ids`,
+               PET's loss: a softmax over the verbalizer's label words only (one token each)
+    eval_step: one prefill of the inputs into the cache, then from it: the gold target's
+               log-likelihood, every label's score (rank classification; multi-token labels sum
+               their tokens), and the greedy decoding
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxprompt.models.llama import Llama
+from jaxprompt.models.llama_decoding import greedy_continue, prefill, step_prompt
+from jaxprompt.models.prompt import repeat_examples
+from jaxprompt.steps import Batch, token_log_likelihood
+
+
+def _prompt(method: nn.Module | None, prompt_params: Any, batch: Batch):
+  return None if method is None else method.apply({"params": prompt_params}, batch)
+
+
+def loss_sum(
+    prompt_params: Any, frozen: Any, batch: Batch, rng: jax.Array, *, model: Llama, method: nn.Module,
+    label_token_ids: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+  """(summed cross-entropy, count): over target tokens, or over labelled examples for label words."""
+  del rng  # Llama checkpoints have no dropout
+  prompt = _prompt(method, prompt_params, batch)
+  ids = jnp.concatenate([batch["inputs"], batch["targets"]], axis=1)
+  mask = jnp.concatenate([batch["input_mask"], batch["target_mask"]], axis=1)
+  hidden, _, _ = model.apply(frozen, ids, mask, prompt)
+  num_targets = batch["targets"].shape[1]
+  predicting_BxTxD = hidden[:, -num_targets - 1 : -1]
+  if label_token_ids is None:
+    weights = batch["target_mask"] * batch["example_mask"][:, None]
+    logits = model.apply(frozen, predicting_BxTxD, method=Llama.logits)
+    return -jnp.sum(token_log_likelihood(logits, batch["targets"], weights)), jnp.sum(weights)
+  logits_BxC = model.apply(frozen, predicting_BxTxD[:, 0], label_token_ids, method=Llama.logits_for)
+  labelled = (batch["label"] >= 0) & batch["example_mask"]
+  logp = jnp.take_along_axis(jax.nn.log_softmax(logits_BxC), jnp.maximum(batch["label"], 0)[:, None], axis=1)[:, 0]
+  return -jnp.sum(logp * labelled), jnp.sum(labelled).astype(jnp.float32)
+
+
+def eval_step(
+    prompt_params: Any,
+    frozen: Any,
+    batch: Batch,
+    label_targets_CxT: jax.Array | None,
+    label_mask_CxT: jax.Array | None,
+    *,
+    model: Llama,
+    method: nn.Module | None,
+    max_decode_len: int,
+    eos_id: int | None,
+    pad_id: int,
+) -> dict[str, jax.Array]:
+  """Per-example outputs: `target_logp`, `target_tokens`, `decoded`, and `label_scores` [B, C]."""
+  prompt = _prompt(method, prompt_params, batch)
+  num_targets = batch["targets"].shape[1]
+  room = max(num_targets, max_decode_len, 0 if label_targets_CxT is None else label_targets_CxT.shape[1])
+  last_BxD, cache = prefill(model, frozen, batch["inputs"], batch["input_mask"], room, prompt)
+  kv_prompt = step_prompt(prompt)
+
+  def continuation_logp(targets_BxT, mask_BxT, cache, last_BxD, kv_prompt):
+    hidden, _, _ = model.apply(frozen, targets_BxT, mask_BxT, kv_prompt, cache)
+    predicting = jnp.concatenate([last_BxD[:, None], hidden[:, :-1]], axis=1)
+    return token_log_likelihood(model.apply(frozen, predicting, method=Llama.logits), targets_BxT, mask_BxT)
+
+  out = {
+      "target_logp": continuation_logp(batch["targets"], batch["target_mask"], cache, last_BxD, kv_prompt),
+      "target_tokens": jnp.sum(batch["target_mask"], axis=1),
+      "decoded": greedy_continue(model, frozen, cache, last_BxD, max_decode_len, kv_prompt, eos_id, pad_id),
+  }
+  if label_targets_CxT is not None:
+    batch_size, num_labels = batch["inputs"].shape[0], label_targets_CxT.shape[0]
+    tile = lambda x: jnp.tile(x, (batch_size, 1))
+    scores = continuation_logp(
+        tile(label_targets_CxT), tile(label_mask_CxT), cache.repeat_examples(num_labels),
+        jnp.repeat(last_BxD, num_labels, axis=0), repeat_examples(kv_prompt, num_labels),
+    )
+    out["label_scores"] = scores.reshape(batch_size, num_labels)
+  return out
+
