@@ -37,6 +37,8 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("layers", None),
     ("length", None),
     ("relpos_buckets", None),
+    ("positions", None),  # BERT's position and token-type tables: small, replicated
+    ("token_types", None),
     ("prompt", None),
     ("prompt_embed", None),
 )

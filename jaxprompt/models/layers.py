@@ -202,3 +202,40 @@ def layer_stack(
 def scaled_normal(fan_in: int) -> Initializer:
   """Normal init with std 1/sqrt(fan_in), the T5/Mesh-TF convention."""
   return nn.initializers.normal(stddev=float(1.0 / np.sqrt(fan_in)))
+
+
+class BiasedProjection(Projection):
+  """A Projection plus a learned bias over its output dims (BERT, RoBERTa)."""
+
+  bias_init: Initializer = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = super().__call__(x)
+    bias = self.param(
+        "bias",
+        nn.with_logical_partitioning(self.bias_init, self.out_axes),
+        tuple(self.out_shape),
+        self.param_dtype,
+    )
+    return y + bias.astype(y.dtype)
+
+
+class LayerNorm(nn.Module):
+  """Layer norm with a learned scale and bias (BERT, RoBERTa); statistics and affine in float32."""
+
+  epsilon: float = 1e-12
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    features = (x.shape[-1],)
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)), features, self.param_dtype)
+    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)), features, self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    centered = x32 - mean
+    variance = jnp.mean(centered * centered, axis=-1, keepdims=True)
+    normed = centered * jax.lax.rsqrt(variance + self.epsilon)
+    return (normed * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(self.dtype)

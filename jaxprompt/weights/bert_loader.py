@@ -1,0 +1,102 @@
+"""Loading a frozen BERT / RoBERTa / XLM-RoBERTa from a Hugging Face checkpoint (Hub id, directory or
+file), streamed tensor by tensor into its sharding on the mesh."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import traverse_util
+from jax.sharding import Mesh, SingleDeviceSharding
+
+from jaxprompt import sharding as sharding_lib
+from jaxprompt.models.bert import Bert
+from jaxprompt.models.bert_config import BertConfig
+from jaxprompt.weights import checkpoint_files, placement
+from jaxprompt.weights.bert_names import CheckpointLayout, bert_param_sources, detect_layout, is_redundant
+from jaxprompt.weights.tensor_sources import TensorSource
+
+log = logging.getLogger(__name__)
+_FORMATS = ("safetensors", "torch_bin")
+
+
+def abstract_bert_params(config: BertConfig) -> Any:
+  """The boxed (logically named) abstract param tree of a BERT, without allocating anything."""
+  ids = jnp.zeros((1, 1), jnp.int32)
+  init = lambda: Bert(config).init(jax.random.key(0), ids, ids >= 0)
+  return jax.eval_shape(init)["params"]
+
+
+def _targets(config: BertConfig, mesh: Mesh | None, rules) -> dict[str, jax.ShapeDtypeStruct]:
+  boxed = abstract_bert_params(config)
+  if mesh is None:
+    device = SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), nn.meta.unbox(boxed))
+  else:
+    abstract = sharding_lib.abstract_with_shardings(boxed, mesh, rules)
+  return traverse_util.flatten_dict(abstract, sep="/")
+
+
+def load_bert(
+    checkpoint: str,
+    *,
+    mesh: Mesh | None = None,
+    rules: sharding_lib.Rules = sharding_lib.DEFAULT_RULES,
+    param_dtype: str = "bfloat16",
+    config: BertConfig | None = None,
+    cache_dir: str | None = None,
+    **overrides: Any,
+) -> tuple[BertConfig, dict[str, Any]]:
+  """(config, {"params": ...}) for a Hub id or a Hugging Face directory/file (safetensors or .bin).
+
+  The config comes from config.json unless given, with the pooler and MLM head taken from what the
+  checkpoint holds; `overrides` set its run fields (dtype, scan_layers, remat_policy, dropout_rate,
+  ...). Params are created in `param_dtype` (bf16 by default: frozen weights only ever feed bf16
+  matmuls) and placed in the sharding the rules give them on `mesh` (one device when None).
+  """
+  files = checkpoint_files.resolve(checkpoint, cache_dir)
+  if files.format not in _FORMATS:
+    raise ValueError(
+        f"{files.weights}: a {files.format} checkpoint; the BERT loader reads Hugging Face PyTorch "
+        "names from safetensors or pytorch_model.bin files"
+    )
+  source = files.open()
+  layout = detect_layout(source)
+  if config is None:
+    if files.config is None:
+      raise FileNotFoundError(f"{files.weights}: no config.json next to it; pass config=BertConfig(...)")
+    hf = json.loads(files.config.read_text())
+    config = BertConfig.from_hf(
+        hf, has_pooler=layout.has_pooler, has_mlm_head=layout.mlm_head is not None, source=str(files.config)
+    )
+  config = config.replace(param_dtype=param_dtype, **overrides)
+  return config, load_bert_params(config, source, layout, mesh, rules)
+
+
+def load_bert_params(
+    config: BertConfig,
+    source: TensorSource,
+    layout: CheckpointLayout | None = None,
+    mesh: Mesh | None = None,
+    rules: sharding_lib.Rules = sharding_lib.DEFAULT_RULES,
+) -> dict[str, Any]:
+  """{"params": ...} from an open checkpoint; fails before loading anything if it does not fit."""
+  layout = layout or detect_layout(source)
+  targets = _targets(config, mesh, rules)
+  sources = bert_param_sources(config, layout)
+  summary = (
+      f"BERT hidden={config.hidden_size} heads={config.num_heads} layers={config.num_layers} "
+      f"intermediate={config.intermediate_size} vocab={config.vocab_size} "
+      f"positions={config.max_position_embeddings} token_types={config.type_vocab_size} "
+      f"pooler={config.has_pooler} mlm_head={config.has_mlm_head} prefix={layout.prefix!r} "
+      f"scan_layers={config.scan_layers}"
+  )
+  flat = placement.load_params(targets, sources, source, summary)
+  unused = [n for n in placement.unused_tensors(sources, source) if not is_redundant(n)]
+  if unused:
+    log.warning("%s: %d tensors not used by the BERT backbone: %s", source.description, len(unused), unused[:10])
+  return {"params": traverse_util.unflatten_dict(flat, sep="/")}
