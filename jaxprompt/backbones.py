@@ -84,15 +84,15 @@ def load_backbone(model: ml_collections.ConfigDict, mesh: Mesh, rules) -> Backbo
     tokenizer = load_t5_tokenizer(model.tokenizer or model.checkpoint)
     return Backbone("t5", config, frozen, tokenizer, t5_codec(tokenizer))
 
+  tokenizer = _decoder_tokenizer(model.tokenizer or model.checkpoint)
   if model.checkpoint:
     config, frozen = load_llama(model.checkpoint, mesh=mesh, rules=rules, param_dtype=model.param_dtype, **run_fields)
   else:
     if model.size != "tiny":
       raise ValueError(f"config.model.size={model.size!r}: a random Llama backbone is only offered as 'tiny'")
-    config = LlamaConfig.tiny(param_dtype=model.param_dtype, **run_fields)
+    config = LlamaConfig.tiny(vocab_size=tokenizer.vocab_size, param_dtype=model.param_dtype, **run_fields)
     frozen = _random_init(Llama(config), abstract_llama_params(config), mesh, rules, model.init_seed,
                           method=Llama.forward_logits)
-  tokenizer = _decoder_tokenizer(model.tokenizer or model.checkpoint)
   return Backbone("llama", config, frozen, tokenizer, decoder_codec(tokenizer, model.add_bos))
 
 

@@ -137,6 +137,10 @@ class Experiment:
 def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Experiment:
   """Mesh, backbone, task, method and optimizer of a config."""
   mesh = mesh or sharding_lib.make_mesh(config.mesh.to_dict())
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]  # the batch is split over these
+  for key in ("batch_size", "eval_batch_size"):
+    if config[key] % shards:
+      raise ValueError(f"config.{key}={config[key]} does not split over the mesh's {shards} data x fsdp shards")
   backbone = load_backbone(config.model, mesh, tuple(config.rules))
   task = task_spec.task_spec_from_config(config.task)
   method = make_method(config.prompt, backbone, task)

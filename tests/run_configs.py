@@ -29,6 +29,11 @@ def tiny_config(task: str = "sst2", **overrides) -> ml_collections.ConfigDict:
   config.checkpoint_every = 3
   config.mesh.data = 2
   config.mesh.fsdp = 4
+  return apply_overrides(config, **overrides)
+
+
+def apply_overrides(config: ml_collections.ConfigDict, **overrides) -> ml_collections.ConfigDict:
+  """Sets dotted keys, e.g. apply_overrides(config, **{"prompt.length": 4})."""
   for key, value in overrides.items():
     target = config
     *parents, leaf = key.split(".")

@@ -9,7 +9,7 @@ import pytest
 from jaxprompt import experiment, sharding, steps
 from jaxprompt.checkpoint import CheckpointMismatchError
 from jaxprompt.tasks import pipeline
-from jaxprompt.train import train_and_evaluate
+from jaxprompt.training import train_and_evaluate
 from tests.run_configs import tiny_config, workdir_files
 
 # The first step's loss of configs/t5_prompt.py:size=tiny on SST-2 (seed 0): a regression pin.

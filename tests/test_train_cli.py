@@ -4,7 +4,6 @@ run on the SST-2 files, a run killed with SIGKILL and resumed, and a SIGTERM pre
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -65,8 +65,14 @@ class Template:
     return tuple(".".join(path) for path in self._paths)
 
   def values(self, record: Mapping[str, Any], where: str) -> list[str]:
-    """The text of every slot, in order; a missing (or null) field raises DataError."""
-    return [self._lookup(record, path, where) for path in self._paths]
+    """The text of every slot, in order, without surrounding whitespace; a missing (or null) field
+    raises DataError.
+
+    Trimmed because datasets carry stray spaces (every GLUE SST-2 sentence ends with one), which
+    the template's own spacing would double; byte-level BPE vocabularies tokenize "x .  Next"
+    differently from "x . Next" (T5's SentencePiece normalises either way).
+    """
+    return [self._lookup(record, path, where).strip() for path in self._paths]
 
   def render(self, record: Mapping[str, Any], where: str) -> str:
     """The template with every slot filled from `record`."""

@@ -44,3 +44,9 @@ def test_missing_nested_field_and_null_and_non_text():
     template.render({"target": {"span1_text": None}}, "f:4")
   with pytest.raises(DataError, match="f:5: field 'a'.*is a list, not text"):
     Template("{a}").render({"a": [1, 2]}, "f:5")
+
+
+def test_values_are_trimmed_so_template_spacing_is_not_doubled():
+  # GLUE SST-2 sentences end with a space; the rendered prompt must not read "journey .  Sentiment".
+  template = Template("Review: {sentence} Sentiment:")
+  assert template.render({"sentence": " it 's a journey . "}, "dev.tsv:2") == "Review: it 's a journey . Sentiment:"

@@ -1,0 +1,109 @@
+"""Every key a run reads, declared once with what it is for. Recipes (t5_prompt.py,
+smollm_sst2_prompt.py, ...) start from `base_config()` and set their own values."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from jaxprompt.sharding import DEFAULT_RULES
+
+
+def data_source(kind: str, files: tuple[str, ...] = (), columns: tuple[str, ...] = (), tfds_name: str = "",
+                split: str = "") -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      kind=kind,  # tfds | jsonl | tsv | csv
+      files=files,  # local files, read in order (jsonl / tsv / csv)
+      columns=columns,  # column names of header-less tsv/csv files; empty: the first row is the header
+      tfds_name=tfds_name,  # e.g. super_glue/rte (kind=tfds)
+      split=split,  # TFDS split, e.g. train, validation, train[:1000]
+      data_dir="",  # TFDS data_dir; empty: TFDS's default (~/tensorflow_datasets)
+  ))
+
+
+def parse_args(arg: str | None, **defaults: str) -> dict[str, str]:
+  """The `:key=value,...` argument of a config file, over `defaults`; unknown keys are errors."""
+  args = dict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, sep, value = item.partition("=")
+    if not sep or key not in defaults:
+      raise ValueError(f"config argument {item!r}: expected key=value with key in {sorted(defaults)}")
+    args[key] = value
+  return args
+
+
+def base_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.model = ml_collections.ConfigDict(dict(
+      family="t5",  # t5 (encoder-decoder) | llama (decoder-only)
+      # Hub id, local HF directory/file, T5X checkpoint or (llama) .gguf file of the frozen
+      # backbone; empty: random init of the `size` preset (only sensible for tests and demos).
+      checkpoint="",
+      size="tiny",  # preset used when checkpoint is empty
+      tokenizer="",  # spiece.model / tokenizer dir / Hub id / .gguf; empty: the checkpoint's own
+      add_bos=False,  # decoders: start every input with the BOS token
+      dtype="bfloat16",  # compute dtype of the backbone
+      param_dtype="bfloat16",  # frozen weights are stored in this dtype
+      scan_layers=True,  # nn.scan over layers: compile time independent of depth
+      remat_policy="none",  # none | full | dots | dots_no_batch | qkv_out: trade compute for memory
+      dropout_rate=0.0,  # dropout inside the frozen model (T5)
+      init_seed=0,  # seed of the random backbone when checkpoint is empty
+  ))
+  config.prompt = ml_collections.ConfigDict(dict(
+      method="prompt_tuning",  # prompt_tuning (Lester et al.) | none (the frozen model alone)
+      length=100,  # P, the number of soft tokens (Lester et al.: 100)
+      init="class_labels",  # uniform | vocab | class_labels | file (Lester et al.'s best: class_labels)
+      init_file="",  # a [P, D] .npy for init=file
+      uniform_scale=0.5,  # init=uniform draws from [-scale, scale]
+      vocab_population=5000,  # init=vocab/class_labels sample from this many most frequent tokens
+      placement="prefix",  # prefix | after_bos | suffix
+  ))
+  config.task = ml_collections.ConfigDict()  # a TaskSpec: template, label_names, verbalizer, metric, ...
+  config.data = ml_collections.ConfigDict(dict(
+      train=data_source("tfds"),
+      eval=data_source("tfds"),
+      max_input_len=512,  # longer inputs are truncated (and counted)
+      max_target_len=8,  # verbalizer targets are a few tokens
+      bucket_lengths=(128, 256, 512),  # pad each batch's inputs to the smallest that fits
+      skip_bad_examples=False,  # True: count and skip bad records instead of failing with file:line
+      max_eval_examples=0,  # evaluate on the first N eval examples (0: all)
+  ))
+  config.optimizer = ml_collections.ConfigDict(dict(
+      name="adafactor",  # adafactor | adam
+      learning_rate=0.3,  # Lester et al.: 0.3 constant
+      schedule="constant",  # constant | linear | cosine | rsqrt
+      warmup_steps=0,  # linear warm-up steps before the schedule
+      decay_rate=0.8,  # Adafactor second-moment decay exponent (Lester et al.: 0.8)
+      multiply_by_parameter_scale=False,  # Adafactor relative step size (off for prompts)
+      update_clipping=1.0,  # Adafactor's clipping of the update RMS
+      weight_decay=1e-5,  # Lester et al.: 1e-5 (decoupled, scaled by the learning rate)
+      clip_norm=0.0,  # clip gradients by global norm first; 0: off
+      b1=0.9,  # Adam only
+      b2=0.999,  # Adam only
+      eps=1e-8,  # Adam only
+  ))
+  config.loss_over = "vocabulary"  # vocabulary | label_words (PET: softmax over the label words only)
+  config.icl = ml_collections.ConfigDict(dict(
+      num_shots=0,  # GPT-3-style demonstrations from the training data before each eval input
+      seed=0,  # which demonstrations each eval example gets
+      separator="\n\n",  # between demonstrations, and before the input
+  ))
+
+  config.seed = 0  # prompt init, data order and dropout
+  config.batch_size = 32  # global batch (Lester et al.: 32)
+  config.num_microbatches = 1  # gradient accumulation: batch_size / num_microbatches per pass
+  config.num_steps = 30_000  # Lester et al.: 30,000
+  config.log_every = 50  # steps between training-metric writes
+
+  config.eval_every = 1000  # steps between evaluations (and best-prompt checks)
+  config.eval_batch_size = 32
+  config.max_decode_len = 8  # greedy decoding length for exact match
+  config.best_metric = "eval/accuracy"  # selects the best prompt
+  config.early_stopping_patience = 0  # stop after this many evals without a new best; 0: never
+
+  config.checkpoint_every = 1000  # steps between checkpoints (also at every eval)
+  config.keep_checkpoints = 3  # the last N are kept, plus the best
+  config.async_checkpointing = True  # save in the background while training goes on
+
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # one may be -1: the rest
+  config.rules = DEFAULT_RULES  # logical axis -> mesh axes; prompts map to no axis (replicated)
+  return config
