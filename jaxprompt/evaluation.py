@@ -26,7 +26,7 @@ def evaluate(
     prompt_params: Any,
     frozen: Any,
     eval_features: Sequence[features_lib.Feature],
-    exp: Any,
+    exp: experiment.Experiment,
 ) -> dict[str, float]:
   """Metrics under `eval/`: loss per target token, the task metric by rank classification (when the
   task has labels), and exact match: the greedy decoding starts with the target's tokens (for T5,
