@@ -157,8 +157,10 @@ def test_host_memory_stays_near_one_tensor(tmp_path):
   )
   result = subprocess.run([sys.executable, "-c", measure, str(tmp_path)], capture_output=True, text=True, check=True)
   peak = int(result.stdout.split()[-1])
-  assert total > 40e6
-  assert peak < 1.5 * largest, (peak, largest, total)  # a whole-checkpoint read would be >= total
+  # Reading the checkpoint whole would be >= total; building the bf16 model whole in numpy >= total/2.
+  # What streaming holds is about one param (<= 8.4 MB here) plus fixed tracing overhead (~7 MB).
+  assert total > 50e6 and largest < 0.2 * total
+  assert peak < 0.4 * total, (peak, largest, total)
 
 
 def _corrupt(safetensors_dir: Path, tmp_path: Path, edit) -> Path:
