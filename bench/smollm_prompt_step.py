@@ -53,7 +53,7 @@ def main() -> None:
   config.model.checkpoint = args.gguf
   config.mesh.data = 1
   exp = experiment.build(config, mesh=sharding.make_mesh({"data": 1}, devices=jax.devices()[:1]))
-  feats = experiment.load_features(exp, "train")
+  feats = experiment.train_features(exp)
   it = pipeline.train_iterator(feats, config.batch_size, config.seed, config.data.max_input_len,
                                config.data.max_target_len, tuple(config.data.bucket_lengths), pad_inputs_left=True)
   batches = [next(it) for _ in range(args.steps + 1)]
@@ -109,9 +109,9 @@ def main() -> None:
   # Zero-shot accuracy of the frozen model on the first 200 dev rows, both implementations.
   exp.config.prompt.method = "none"
   zero = experiment.build(exp.config, mesh=exp.mesh)
-  eval_feats = experiment.load_features(zero, "eval")
+  eval_feats = experiment.eval_features(zero)[""]
   with sharding.activate(zero.mesh, zero.rules):
-    results["ours_zero_shot_accuracy"] = evaluate(zero.eval_step(), {}, zero.frozen, eval_feats, zero)["eval/accuracy"]
+    results["ours_zero_shot_accuracy"] = evaluate(zero.eval_step(), {}, zero.frozen, {"": eval_feats}, zero)["eval/accuracy"]
   label_ids = [f.targets[0] for f in eval_feats]
   candidates = sorted(set(label_ids))
   correct = 0

@@ -34,7 +34,7 @@ def parse_args(arg: str | None, **defaults: str) -> dict[str, str]:
 def base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.model = ml_collections.ConfigDict(dict(
-      family="t5",  # t5 (encoder-decoder) | llama (decoder-only)
+      family="t5",  # t5 (encoder-decoder) | llama (decoder-only) | bert (encoder; P-tuning v2 only)
       # Hub id, local HF directory/file, T5X checkpoint or (llama) .gguf file of the frozen
       # backbone; empty: random init of the `size` preset (only sensible for tests and demos).
       checkpoint="",
@@ -49,13 +49,26 @@ def base_config() -> ml_collections.ConfigDict:
       init_seed=0,  # seed of the random backbone when checkpoint is empty
   ))
   config.prompt = ml_collections.ConfigDict(dict(
-      method="prompt_tuning",  # prompt_tuning (Lester et al.) | none (the frozen model alone)
-      length=100,  # P, the number of soft tokens (Lester et al.: 100)
+      # prompt_tuning (Lester et al.) | prefix_tuning (Li & Liang) | p_tuning (Liu et al. v1: pseudo
+      # tokens at the template's [Pi] markers) | p_tuning_v2 (deep prompts + a head) | multi_task
+      # (shared + per-task prompts over config.mixture) | none (the frozen model alone)
+      method="prompt_tuning",
+      # P: soft tokens (prompt_tuning), prefix slots per layer (prefix_tuning, p_tuning_v2), or each
+      # task's own prompt (multi_task). p_tuning takes its length from the template's [Pi] markers.
+      length=100,
       init="class_labels",  # uniform | vocab | class_labels | file (Lester et al.'s best: class_labels)
       init_file="",  # a [P, D] .npy for init=file
       uniform_scale=0.5,  # init=uniform draws from [-scale, scale]
       vocab_population=5000,  # init=vocab/class_labels sample from this many most frequent tokens
       placement="prefix",  # prefix | after_bos | suffix
+      # prefix_tuning / p_tuning_v2: which attention kinds get prefixes; empty: all the backbone has
+      # (T5: encoder_self, decoder_self, decoder_cross; decoders and encoders: encoder_self).
+      prefix_attention=(),
+      reparam_hidden=0,  # prefix_tuning: hidden width of the Linear-Tanh-Linear reparameterisation; 0: none
+      encoder="lstm",  # p_tuning: lstm (BiLSTM + MLP, the paper's) | mlp
+      encoder_hidden=0,  # p_tuning: the prompt encoder's MLP width; 0: the model's width
+      shared_length=0,  # multi_task: length of the prompt shared by all tasks
+      combine="concat",  # multi_task: concat (shared, then the task's) | add (equal lengths)
   ))
   config.task = ml_collections.ConfigDict()  # a TaskSpec: template, label_names, verbalizer, metric, ...
   config.data = ml_collections.ConfigDict(dict(
@@ -66,7 +79,13 @@ def base_config() -> ml_collections.ConfigDict:
       bucket_lengths=(128, 256, 512),  # pad each batch's inputs to the smallest that fits
       skip_bad_examples=False,  # True: count and skip bad records instead of failing with file:line
       max_eval_examples=0,  # evaluate on the first N eval examples (0: all)
+      # A mixture: each task keeps at most this many training examples (T5's examples-proportional
+      # mixing limit K); 0: all of them.
+      examples_per_task_limit=0,
   ))
+  # Several tasks trained together, {name: {task: <TaskSpec fields>, train: data_source(...), eval:
+  # data_source(...)}}; task ids follow the names' sorted order. Empty: config.task and config.data.
+  config.mixture = ml_collections.ConfigDict()
   config.optimizer = ml_collections.ConfigDict(dict(
       name="adafactor",  # adafactor | adam
       learning_rate=0.3,  # Lester et al.: 0.3 constant

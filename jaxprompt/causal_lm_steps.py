@@ -21,8 +21,8 @@ import jax.numpy as jnp
 
 from jaxprompt.models.llama import Llama
 from jaxprompt.models.llama_decoding import greedy_continue, prefill, step_prompt
-from jaxprompt.models.prompt import repeat_examples
-from jaxprompt.steps import Batch, token_log_likelihood
+from jaxprompt.models.prompt import extended_by, repeat_examples
+from jaxprompt.steps import Batch, class_cross_entropy, token_log_likelihood
 
 
 def _prompt(method: nn.Module | None, prompt_params: Any, batch: Batch):
@@ -35,11 +35,11 @@ def loss_sum(
 ) -> tuple[jax.Array, jax.Array]:
   """(summed cross-entropy, count): over target tokens, or over labelled examples for label words."""
   del rng  # Llama checkpoints have no dropout
-  prompt = _prompt(method, prompt_params, batch)
+  num_targets = batch["targets"].shape[1]
+  prompt = extended_by(_prompt(method, prompt_params, batch), num_targets)
   ids = jnp.concatenate([batch["inputs"], batch["targets"]], axis=1)
   mask = jnp.concatenate([batch["input_mask"], batch["target_mask"]], axis=1)
   hidden, _, _ = model.apply(frozen, ids, mask, prompt)
-  num_targets = batch["targets"].shape[1]
   predicting_BxTxD = hidden[:, -num_targets - 1 : -1]
   if label_token_ids is None:
     weights = batch["target_mask"] * batch["example_mask"][:, None]
@@ -47,8 +47,7 @@ def loss_sum(
     return -jnp.sum(token_log_likelihood(logits, batch["targets"], weights)), jnp.sum(weights)
   logits_BxC = model.apply(frozen, predicting_BxTxD[:, 0], label_token_ids, method=Llama.logits_for)
   labelled = (batch["label"] >= 0) & batch["example_mask"]
-  logp = jnp.take_along_axis(jax.nn.log_softmax(logits_BxC), jnp.maximum(batch["label"], 0)[:, None], axis=1)[:, 0]
-  return -jnp.sum(logp * labelled), jnp.sum(labelled).astype(jnp.float32)
+  return class_cross_entropy(logits_BxC, batch["label"], labelled)
 
 
 def eval_step(

@@ -4,7 +4,7 @@ iterator state, and metadata (backbone fingerprint, method and shapes). Never th
 Layout of a run's workdir:
 
     checkpoints/<step>/{state, data, meta}   Orbax, asynchronous; last N plus the best by metric
-    prompts/step_<step>.npy, prompts/best.npy  the exported prompt, ready for infer/evaluate
+    prompts/step_<step>.npy|npz, prompts/best.*  the exported (collapsed) prompt, for infer/evaluate
 
 Resume order: this workdir's latest finished checkpoint, else the pretrained backbone and a fresh
 prompt. Orbax writes into a temporary directory and renames it when done, so a checkpoint that was
@@ -126,12 +126,25 @@ class PromptCheckpoints:
     self.manager.close()
 
 
-def export_prompt(workdir: str | Path, name: str, prompt_PxD: jax.Array) -> Path:
-  """Writes the prompt as prompts/<name>.npy (float32), on process 0 only."""
-  path = Path(workdir) / "prompts" / f"{name}.npy"
-  array = np.asarray(jax.device_get(prompt_PxD), np.float32)
+def export_prompt(workdir: str | Path, name: str, arrays: dict[str, np.ndarray]) -> Path:
+  """Writes a method's export as prompts/<name>.npy (a soft prompt) or .npz (several arrays, e.g.
+  per-layer keys/values), float32, on process 0 only."""
+  arrays = {k: np.asarray(jax.device_get(v), np.float32) for k, v in arrays.items()}
+  single = list(arrays) == ["embeddings"]
+  path = Path(workdir) / "prompts" / f"{name}.{'npy' if single else 'npz'}"
   if jax.process_index() == 0:
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, array)
+    if single:
+      np.save(path, arrays["embeddings"])
+    else:
+      np.savez(path, **arrays)
   return path
 
+
+def load_export(path: str | Path) -> dict[str, np.ndarray]:
+  """The arrays of an exported prompt (.npy: a soft prompt; .npz: named arrays)."""
+  path = Path(path)
+  if path.suffix == ".npy":
+    return {"embeddings": np.load(path)}
+  with np.load(path) as data:
+    return {k: data[k] for k in data.files}

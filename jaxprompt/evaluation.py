@@ -4,7 +4,7 @@ and restoring a trained prompt (checkpoint or .npy) onto the frozen backbone to 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,24 +15,49 @@ from jax.experimental import multihost_utils
 
 from jaxprompt import experiment
 from jaxprompt import sharding as sharding_lib
-from jaxprompt.checkpoint import CheckpointMismatchError, PromptCheckpoints
+from jaxprompt.checkpoint import CheckpointMismatchError, PromptCheckpoints, load_export
 from jaxprompt.tasks import features as features_lib
 from jaxprompt.tasks import metrics as metrics_lib
-from jaxprompt.tasks import pipeline
+from jaxprompt.tasks import pipeline, task_spec
 
 
 def evaluate(
     eval_step: Callable[..., dict[str, jax.Array]],
     prompt_params: Any,
     frozen: Any,
-    eval_features: Sequence[features_lib.Feature],
+    eval_features: Mapping[str, Sequence[features_lib.Feature]],
     exp: experiment.Experiment,
 ) -> dict[str, float]:
-  """Metrics under `eval/`: loss per target token, the task metric by rank classification (when the
-  task has labels), and exact match: the greedy decoding starts with the target's tokens (for T5,
-  whose targets end with EOS, it must also stop there)."""
-  config, task, codec = exp.config, exp.task, exp.backbone.codec
-  has_labels = bool(task.verbalizer) and task.target_template is None
+  """Metrics under `eval/` (see evaluate_task) of every task of the run (eval_features is keyed by
+  TaskData.name). A mixture reports each task under `eval/<name>/`, and under `eval/` the mean over
+  tasks of every metric they all have (e.g. eval/accuracy) and the total number of examples."""
+  per_task = {
+      task.name: evaluate_task(eval_step, prompt_params, frozen, eval_features[task.name], task.spec, exp)
+      for task in exp.tasks
+  }
+  if len(per_task) == 1:
+    return {f"eval/{k}": v for k, v in next(iter(per_task.values())).items()}
+  metrics = {f"eval/{name}/{k}": v for name, task_metrics in per_task.items() for k, v in task_metrics.items()}
+  shared = set.intersection(*(set(m) for m in per_task.values())) - {"examples"}
+  metrics.update({f"eval/{k}": float(np.mean([m[k] for m in per_task.values()])) for k in sorted(shared)})
+  metrics["eval/examples"] = float(sum(m["examples"] for m in per_task.values()))
+  return metrics
+
+
+def evaluate_task(
+    eval_step: Callable[..., dict[str, jax.Array]],
+    prompt_params: Any,
+    frozen: Any,
+    eval_features: Sequence[features_lib.Feature],
+    task: task_spec.TaskSpec,
+    exp: experiment.Experiment,
+) -> dict[str, float]:
+  """One task's metrics: the loss per target token (per labelled example or token for a method with
+  a head); the task metric, by rank classification of the verbalizer (or the head's argmax); and
+  exact match: the greedy decoding starts with the target's tokens (for T5, whose targets end with
+  EOS, it must also stop there)."""
+  config, codec = exp.config, exp.backbone.codec
+  has_labels = task.num_classes > 0
   label_targets, label_mask = (
       features_lib.label_targets(task, codec, config.data.max_target_len) if has_labels else (None, None)
   )
@@ -45,38 +70,81 @@ def evaluate(
     batch = pipeline.to_global(local, exp.batch_sharding)
     out = eval_step(prompt_params, frozen, batch, label_targets, label_mask)
     out.update({k: batch[k] for k in ("targets", "label", "group", "example_mask")})
+    if "token_logits" in out:
+      out["token_labels"] = batch["token_labels"]
     for name, value in out.items():
+      # Gathered per batch: bucketed batches differ in length, so [B, L] columns cannot be stacked.
       columns.setdefault(name, []).append(np.asarray(multihost_utils.process_allgather(value, tiled=True)))
-  cols = {name: np.concatenate(parts) for name, parts in columns.items()}
-  keep = cols["example_mask"].astype(bool)
-  cols = {name: value[keep] for name, value in cols.items()}
-
-  metrics = {"eval/loss": float(-cols["target_logp"].sum() / max(cols["target_tokens"].sum(), 1))}
-  if has_labels:
-    predictions = cols["label_scores"].argmax(axis=1)
-    metrics.update({f"eval/{k}": v for k, v in metrics_lib.task_metrics(task.metric, predictions, cols["label"], cols["group"]).items()})
-  if cols["target_tokens"].any():
-    metrics["eval/exact_match"] = metrics_lib.exact_match(cols["decoded"], cols["targets"], cols["target_tokens"])
-  metrics["eval/examples"] = float(keep.sum())
+  keep = np.concatenate(columns.pop("example_mask")).astype(bool)
+  if "token_logits" in columns:
+    return _tagging_metrics(columns, keep, task)
+  cols = {name: np.concatenate(parts)[keep] for name, parts in columns.items()}
+  if "class_logits" in cols:
+    logp = _log_softmax(cols["class_logits"])
+    labelled = cols["label"] >= 0
+    metrics = {"loss": float(-logp[labelled, cols["label"][labelled]].mean()) if labelled.any() else float("nan")}
+    predictions = cols["class_logits"].argmax(axis=1)
+  else:
+    metrics = {"loss": float(-cols["target_logp"].sum() / max(cols["target_tokens"].sum(), 1))}
+    predictions = cols["label_scores"].argmax(axis=1) if has_labels else None
+    if cols["target_tokens"].any():
+      metrics["exact_match"] = metrics_lib.exact_match(cols["decoded"], cols["targets"], cols["target_tokens"])
+  if predictions is not None:
+    metrics.update(metrics_lib.task_metrics(task.metric, predictions, cols["label"], cols["group"]))
+  metrics["examples"] = float(keep.sum())
   return metrics
 
 
-def load_prompt_params(exp: experiment.Experiment, path: str) -> tuple[Any, str]:
-  """(prompt params, a description of where they came from), checked against this run."""
+def _tagging_metrics(columns: dict[str, list[np.ndarray]], keep: np.ndarray, task: task_spec.TaskSpec) -> dict:
+  """Span F1 and token accuracy of per-token predictions, and the loss per labelled token."""
+  rows = np.split(np.arange(len(keep)), np.cumsum([len(part) for part in columns["token_labels"]])[:-1])
+  predictions, labels, losses = [], [], []
+  for logits, token_labels, index in zip(columns["token_logits"], columns["token_labels"], rows, strict=True):
+    logits, token_labels = logits[keep[index]], token_labels[keep[index]]
+    logp = _log_softmax(logits)
+    labelled = token_labels >= 0
+    losses.append(-np.take_along_axis(logp, np.maximum(token_labels, 0)[..., None], axis=-1)[..., 0][labelled])
+    predictions.extend(logits.argmax(axis=-1))
+    labels.extend(token_labels)
+  width = max(len(row) for row in labels)
+  pad = lambda rows: np.stack([np.pad(r, (0, width - len(r)), constant_values=-1) for r in rows])
+  metrics = {"loss": float(np.concatenate(losses).mean())}
+  metrics.update(metrics_lib.tagging_metrics(pad(predictions), pad(labels), task.token_label_names))
+  metrics["examples"] = float(keep.sum())
+  return metrics
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+  logits = logits.astype(np.float64)
+  shifted = logits - logits.max(axis=-1, keepdims=True)
+  return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def load_prompt_params(exp: experiment.Experiment, path: str) -> tuple[Any, Any, str]:
+  """(method, its params, where they came from) for a saved prompt, checked against this run.
+
+  An export (.npy / .npz) holds the collapsed prompt, so it comes with the method's collapsed form;
+  a checkpoint holds the full trainable state of the method itself.
+  """
   path = Path(path)
   fresh = exp.init_params(jax.random.key(0))
-  if path.suffix == ".npy":
-    array = np.load(path)
-    want = exp.method.embeddings(fresh).shape
-    if array.shape != tuple(want):
-      raise CheckpointMismatchError(f"prompt {path} has shape {array.shape}, this run's prompt needs {tuple(want)}")
-    return jax.device_put(exp.method.params_from_embeddings(array.astype(np.float32)), exp.replicated), str(path)
+  if path.suffix in (".npy", ".npz"):
+    arrays = load_export(path)
+    want = {k: tuple(v.shape) for k, v in exp.method.export(fresh).items()}
+    got = {k: tuple(v.shape) for k, v in arrays.items()}
+    if got != want:
+      problems = [f"{name}: file {got.get(name)}, this run {want.get(name)}"
+                  for name in sorted(set(got) | set(want)) if got.get(name) != want.get(name)]
+      raise CheckpointMismatchError(f"prompt {path} does not fit this run's {exp.config.prompt.method}:\n  "
+                                    + "\n  ".join(problems))
+    method = exp.method.collapsed()
+    return method, jax.device_put(method.params_from_export(arrays), exp.replicated), str(path)
   if path.parent.name == "checkpoints" and path.name.isdigit():
     workdir, step = path.parent.parent, int(path.name)
   else:
     workdir, step = path, None
   if not (workdir / "checkpoints").is_dir():
-    raise FileNotFoundError(f"{path} is neither a .npy prompt, a run workdir, nor workdir/checkpoints/<step>")
+    raise FileNotFoundError(f"{path} is neither an exported prompt (.npy/.npz), a run workdir, nor workdir/checkpoints/<step>")
   checkpoints = PromptCheckpoints(workdir, keep=1, best_metric=exp.config.best_metric, asynchronous=False)
   try:
     step = step if step is not None else checkpoints.best_step() or checkpoints.latest_step()
@@ -85,7 +153,7 @@ def load_prompt_params(exp: experiment.Experiment, path: str) -> tuple[Any, str]
     state, _ = checkpoints.restore(step, exp.abstract_state(), exp.checkpoint_meta(fresh))
   finally:
     checkpoints.close()
-  return state.params, f"{workdir / 'checkpoints' / str(step)}"
+  return exp.method, state.params, f"{workdir / 'checkpoints' / str(step)}"
 
 
 def evaluate_prompt(config: ml_collections.ConfigDict, prompt_path: str | None) -> dict[str, float]:
@@ -94,11 +162,12 @@ def evaluate_prompt(config: ml_collections.ConfigDict, prompt_path: str | None) 
     config = config.copy_and_resolve_references()
     config.prompt.method = "none"
   exp = experiment.build(config)
-  features = experiment.load_features(exp, "eval")
+  features = experiment.eval_features(exp)
   if prompt_path is None:
-    params, where = {}, f"no prompt ({config.icl.num_shots}-shot)"
+    method, params, where = None, {}, f"no prompt ({config.icl.num_shots}-shot)"
   else:
-    params, where = load_prompt_params(exp, prompt_path)
+    method, params, where = load_prompt_params(exp, prompt_path)
   logging.getLogger("jaxprompt").info("evaluating %s", where)
+  eval_step = jax.jit(exp.backbone.eval_step(method, config.max_decode_len))
   with sharding_lib.activate(exp.mesh, exp.rules):
-    return evaluate(exp.eval_step(), params, exp.frozen, features, exp)
+    return evaluate(eval_step, params, exp.frozen, features, exp)

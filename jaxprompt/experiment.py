@@ -22,43 +22,113 @@ from jaxprompt.backbones import Backbone, load_backbone
 from jaxprompt.checkpoint import backbone_fingerprint, param_shapes
 from jaxprompt.optimizers import make_optimizer
 from jaxprompt.prompts import initializers
+from jaxprompt.prompts.multi_task import MultiTaskPrompt
+from jaxprompt.prompts.p_tuning import PromptEncoder
+from jaxprompt.prompts.p_tuning_v2 import DeepPromptWithHead
+from jaxprompt.prompts.prefix_tuning import PrefixTuning
 from jaxprompt.prompts.soft_prompt import SoftPrompt
 from jaxprompt.tasks import features as features_lib
 from jaxprompt.tasks import icl, readers, task_spec
+from jaxprompt.tasks.mixing import mix_tasks
 
 log = logging.getLogger(__name__)
-METHODS = ("prompt_tuning", "none")  # none: the frozen model alone (zero-shot / k-shot evaluation)
+# none: the frozen model alone (zero-shot / k-shot evaluation)
+METHODS = ("prompt_tuning", "prefix_tuning", "p_tuning", "p_tuning_v2", "multi_task", "none")
 LOSSES = ("vocabulary", "label_words")
+PromptMethod = SoftPrompt | PrefixTuning | PromptEncoder | DeepPromptWithHead | MultiTaskPrompt
 
 
-def make_method(prompt: ml_collections.ConfigDict, backbone: Backbone, task: task_spec.TaskSpec) -> SoftPrompt | None:
+@dataclasses.dataclass(frozen=True)
+class TaskData:
+  """One task of a run and where its train and eval records come from."""
+
+  name: str  # "" for the single task of config.task; the config.mixture key otherwise
+  spec: task_spec.TaskSpec
+  train: task_spec.DataSource
+  eval: task_spec.DataSource
+
+
+def tasks_from_config(config: ml_collections.ConfigDict) -> tuple[TaskData, ...]:
+  """config.task with config.data.{train,eval}; or, when config.mixture is set, its tasks in name
+  order (a task's position is its task id)."""
+  if not config.mixture:
+    spec = task_spec.task_spec_from_config(config.task)
+    train, eval_ = (task_spec.data_source_from_config(config.data[s]) for s in ("train", "eval"))
+    return (TaskData("", spec, train, eval_),)
+  tasks = []
+  for name in sorted(config.mixture):
+    entry = config.mixture[name]
+    missing = {"task", "train", "eval"} - set(entry)
+    if missing:
+      raise ValueError(f"config.mixture.{name} needs task, train and eval; {sorted(missing)} missing")
+    tasks.append(TaskData(name, task_spec.task_spec_from_config(entry.task),
+                          task_spec.data_source_from_config(entry.train), task_spec.data_source_from_config(entry.eval)))
+  return tuple(tasks)
+
+
+def make_method(prompt: ml_collections.ConfigDict, backbone: Backbone, tasks: tuple[TaskData, ...]) -> PromptMethod | None:
   """The prompt method module (None for "none"); its initialiser may read the embedding table."""
   if prompt.method not in METHODS:
     raise ValueError(f"config.prompt.method={prompt.method!r} is not one of {METHODS}")
+  backbone.check_method(prompt.method)
   if prompt.method == "none":
     return None
-  embedding = backbone.embedding
-  if prompt.init == "uniform":
-    init = initializers.uniform(prompt.uniform_scale)
-  elif prompt.init == "vocab":
-    init = initializers.sampled_vocab(embedding, prompt.vocab_population)
-  elif prompt.init == "class_labels":
-    label_ids = [backbone.codec.encode_words(text) for text in task.verbalizer]
-    init = initializers.class_labels(embedding, label_ids, prompt.vocab_population)
-  elif prompt.init == "file":
-    init = initializers.from_file(prompt.init_file)
-  else:
-    raise ValueError(f"config.prompt.init={prompt.init!r} is not one of uniform, vocab, class_labels, file")
+  if prompt.method in ("prefix_tuning", "p_tuning_v2"):
+    shapes = backbone.attention_shapes(tuple(prompt.prefix_attention), "config.prompt.prefix_attention")
+    if prompt.method == "prefix_tuning":
+      return PrefixTuning(prompt.length, shapes, backbone.embed_dim, prompt.reparam_hidden)
+    (task,) = _single(tasks, "p_tuning_v2")
+    tagging = bool(task.spec.token_label_names)
+    num_labels = len(task.spec.token_label_names) if tagging else task.spec.num_classes
+    if not num_labels:
+      raise ValueError(f"config.prompt.method='p_tuning_v2' trains a classification head: task {task.spec.name!r} has no classes")
+    return DeepPromptWithHead(prompt.length, shapes, backbone.embed_dim, num_labels, "token" if tagging else "sequence")
+  if prompt.method == "p_tuning":
+    (task,) = _single(tasks, "p_tuning")
+    count = task.spec.num_pseudo_tokens
+    if not count:
+      raise ValueError(
+          f"config.prompt.method='p_tuning' places pseudo tokens at the template's [P0] [P1] ... markers; the"
+          f" template {task.spec.template!r} has none"
+      )
+    return PromptEncoder(count, backbone.embed_dim, prompt.encoder, prompt.encoder_hidden)
+  init = _initializer(prompt, backbone, tasks)
+  if prompt.method == "multi_task":
+    if len(tasks) < 2:
+      raise ValueError("config.prompt.method='multi_task' needs a mixture of tasks in config.mixture")
+    return MultiTaskPrompt(prompt.shared_length, prompt.length, len(tasks), backbone.embed_dim, init, prompt.combine,
+                           prompt.placement)
   return SoftPrompt(prompt.length, backbone.embed_dim, init, prompt.placement)
 
 
-def label_word_ids(task: task_spec.TaskSpec, backbone: Backbone) -> jax.Array:
+def _single(tasks: tuple[TaskData, ...], method: str) -> tuple[TaskData]:
+  if len(tasks) != 1:
+    raise ValueError(f"config.prompt.method={method!r} trains on one task; config.mixture names {len(tasks)}")
+  return tasks
+
+
+def _initializer(prompt: ml_collections.ConfigDict, backbone: Backbone, tasks: tuple[TaskData, ...]):
+  embedding = backbone.embedding
+  if prompt.init == "uniform":
+    return initializers.uniform(prompt.uniform_scale)
+  if prompt.init == "vocab":
+    return initializers.sampled_vocab(embedding, prompt.vocab_population)
+  if prompt.init == "class_labels":  # a mixture: every task's label words, task by task
+    label_ids = [backbone.codec.encode_words(text) for task in tasks for text in task.spec.verbalizer]
+    return initializers.class_labels(embedding, label_ids, prompt.vocab_population)
+  if prompt.init == "file":
+    return initializers.from_file(prompt.init_file)
+  raise ValueError(f"config.prompt.init={prompt.init!r} is not one of uniform, vocab, class_labels, file")
+
+
+def label_word_ids(tasks: tuple[TaskData, ...], backbone: Backbone) -> jax.Array:
   """The one token of each class's label words, for the label-words loss; errors if not one token."""
-  ids = [backbone.codec.encode_label(text) for text in task.verbalizer]
+  (task,) = _single(tasks, "with config.loss_over='label_words'")
+  ids = [backbone.codec.encode_label(text) for text in task.spec.verbalizer]
   if any(len(i) != 1 for i in ids) or len({i[0] for i in ids}) != len(ids):
     raise ValueError(
         f"config.loss_over='label_words' needs one distinct token per label; the verbalizer "
-        f"{task.verbalizer} tokenizes to {ids}"
+        f"{task.spec.verbalizer} tokenizes to {ids}"
     )
   return jnp.asarray([i[0] for i in ids], jnp.int32)
 
@@ -70,8 +140,8 @@ class Experiment:
   config: ml_collections.ConfigDict
   mesh: Mesh
   backbone: Backbone
-  task: task_spec.TaskSpec
-  method: SoftPrompt | None
+  tasks: tuple[TaskData, ...]
+  method: PromptMethod | None
   optimizer: optax.GradientTransformation
   schedule: optax.Schedule
 
@@ -92,21 +162,31 @@ class Experiment:
     return NamedSharding(self.mesh, P(("data", "fsdp")))
 
   def init_params(self, rng: jax.Array) -> Any:
-    """Fresh prompt params (eager: the initialisers read the sharded embedding table)."""
+    """Fresh prompt params, placed by the config's rules: replicated unless a rule shards an axis of
+    a large per-layer bank."""
     if self.method is None:
       return {}
-    dummy = {"input_mask": jnp.ones((1, 8), bool)}
-    params = nn.meta.unbox(self.method.init(rng, dummy)["params"])
-    return jax.device_put(params, self.replicated)
+    length = 8
+    dummy = {"input_mask": jnp.ones((1, length), bool), "soft_positions": jnp.full((1, length), -1, jnp.int32),
+             "task_id": jnp.zeros((1,), jnp.int32)}
+    # Soft prompts' initialisers read the sharded embedding table, which jit would bake in as a
+    # constant: they run eagerly. The other methods' inits (an LSTM's scans, MLPs) compile once.
+    reads_vocabulary = isinstance(self.method, (SoftPrompt, MultiTaskPrompt))
+    init = self.method.init if reads_vocabulary else jax.jit(self.method.init)
+    boxed = init(rng, dummy)["params"]
+    return jax.device_put(nn.meta.unbox(boxed), self.param_shardings(boxed))
+
+  def param_shardings(self, boxed_params: Any) -> Any:
+    return sharding_lib.logical_to_shardings(boxed_params, self.mesh, self.rules)
 
   def init_state(self, params: Any) -> steps.TrainState:
-    return jax.jit(functools.partial(steps.init_train_state, optimizer=self.optimizer),
-                   out_shardings=self.replicated)(params)
+    """Step and optimizer state beside the params; XLA lays the moments out like the params they track."""
+    return jax.jit(functools.partial(steps.init_train_state, optimizer=self.optimizer))(params)
 
   def abstract_state(self) -> steps.TrainState:
-    """The TrainState's shapes with their (replicated) shardings, for restoring into."""
-    abstract = jax.eval_shape(lambda: self.init_state(self.init_params(jax.random.key(0))))
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.replicated), abstract)
+    """The TrainState's shapes with their shardings, for restoring into."""
+    state = self.init_state(self.init_params(jax.random.key(0)))
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
 
   def checkpoint_meta(self, params: Any) -> dict:
     """What a checkpoint must match to be restored here."""
@@ -122,12 +202,13 @@ class Experiment:
       raise ValueError("config.prompt.method='none' has nothing to train; use python -m jaxprompt.evaluate")
     if self.config.loss_over not in LOSSES:
       raise ValueError(f"config.loss_over={self.config.loss_over!r} is not one of {LOSSES}")
-    labels = label_word_ids(self.task, self.backbone) if self.config.loss_over == "label_words" else None
+    labels = label_word_ids(self.tasks, self.backbone) if self.config.loss_over == "label_words" else None
     fn = functools.partial(
         steps.train_step, loss_sum=self.backbone.loss_sum(self.method, labels), optimizer=self.optimizer,
         schedule=self.schedule, num_microbatches=self.config.num_microbatches,
     )
-    return jax.jit(fn, out_shardings=(self.replicated, self.replicated), donate_argnums=(0,))
+    state_shardings = jax.tree.map(lambda x: x.sharding, self.abstract_state())
+    return jax.jit(fn, out_shardings=(state_shardings, self.replicated), donate_argnums=(0,))
 
   def eval_step(self):
     """The jitted eval step: (prompt params, frozen, batch, label targets, label mask) -> outputs."""
@@ -135,35 +216,52 @@ class Experiment:
 
 
 def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Experiment:
-  """Mesh, backbone, task, method and optimizer of a config."""
+  """Mesh, backbone, tasks, method and optimizer of a config."""
   mesh = mesh or sharding_lib.make_mesh(config.mesh.to_dict())
   shards = mesh.shape["data"] * mesh.shape["fsdp"]  # the batch is split over these
   for key in ("batch_size", "eval_batch_size"):
     if config[key] % shards:
       raise ValueError(f"config.{key}={config[key]} does not split over the mesh's {shards} data x fsdp shards")
   backbone = load_backbone(config.model, mesh, tuple(config.rules))
-  task = task_spec.task_spec_from_config(config.task)
-  method = make_method(config.prompt, backbone, task)
+  tasks = tasks_from_config(config)
+  method = make_method(config.prompt, backbone, tasks)
   optimizer, schedule = make_optimizer(config.optimizer, config.num_steps)
-  return Experiment(config, mesh, backbone, task, method, optimizer, schedule)
+  return Experiment(config, mesh, backbone, tasks, method, optimizer, schedule)
 
 
-def load_features(exp: Experiment, split: str) -> list[features_lib.Feature]:
-  """Records of `config.data.<split>` (train or eval), rendered and tokenised; eval inputs get
-  `config.icl.num_shots` demonstrations drawn from the train data in front."""
+def task_features(exp: Experiment, task: TaskData, split: str) -> list[features_lib.Feature]:
+  """One task's records of `split` (train or eval), rendered and tokenised; eval inputs get
+  `config.icl.num_shots` demonstrations drawn from the task's train data in front."""
   data, shots = exp.config.data, exp.config.icl
-  source = task_spec.data_source_from_config(data[split])
+  source = task.train if split == "train" else task.eval
   records = readers.read_records(source)
   prefix = None
   if split == "eval" and shots.num_shots:
-    pool = readers.read_records(task_spec.data_source_from_config(data.train))
-    prefix = icl.Demonstrations(pool, exp.task, shots.num_shots, shots.seed, shots.separator).text_before
+    pool = readers.read_records(task.train)
+    prefix = icl.Demonstrations(pool, task.spec, shots.num_shots, shots.seed, shots.separator).text_before
   feats, stats = features_lib.featurize(  # applies the task's record flattening (MultiRC) itself
-      records, exp.task, exp.backbone.codec, data.max_input_len, data.max_target_len, data.skip_bad_examples, prefix
+      records, task.spec, exp.backbone.codec, data.max_input_len, data.max_target_len, data.skip_bad_examples, prefix
   )
-  log.info("%s data (%s): %s", split, source, stats.summary())
+  log.info("%s %s data (%s): %s", task.name or task.spec.name, split, source, stats.summary())
   if split == "eval" and data.max_eval_examples:
     feats = feats[: data.max_eval_examples]
   if not feats:
-    raise ValueError(f"config.data.{split} gave no usable examples ({stats.summary()})")
+    where = f"config.mixture.{task.name}.{split}" if task.name else f"config.data.{split}"
+    raise ValueError(f"{where} gave no usable examples ({stats.summary()})")
   return feats
+
+
+def train_features(exp: Experiment) -> list[features_lib.Feature]:
+  """The training set: the task's features, or the mixture's, each tagged with its task id."""
+  if len(exp.tasks) == 1:
+    return task_features(exp, exp.tasks[0], "train")
+  limit = exp.config.data.examples_per_task_limit or None
+  return mix_tasks([task_features(exp, task, "train") for task in exp.tasks], exp.config.seed, limit)
+
+
+def eval_features(exp: Experiment) -> dict[str, list[features_lib.Feature]]:
+  """Each task's eval features (keyed by TaskData.name), tagged with its task id."""
+  return {
+      task.name: [dataclasses.replace(f, task_id=i) for f in task_features(exp, task, "eval")]
+      for i, task in enumerate(exp.tasks)
+  }

@@ -41,6 +41,9 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("token_types", None),
     ("prompt", None),
     ("prompt_embed", None),
+    ("prompt_mlp", None),  # reparameterisation MLPs of prompts and prefixes
+    ("prefix_layers", None),  # a per-layer prefix bank: replicated; map to "fsdp" to shard a large one
+    ("prefix_heads", None),
 )
 
 

@@ -87,8 +87,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Trains the prompt; returns the last eval metrics and the best prompt's step and value."""
   workdir = Path(workdir)
   exp = experiment.build(config)
-  train_features = experiment.load_features(exp, "train")
-  eval_features = experiment.load_features(exp, "eval")
+  train_features = experiment.train_features(exp)
+  eval_features = experiment.eval_features(exp)
   init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
 
   params = exp.init_params(init_rng)
@@ -128,7 +128,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   def save(metrics: dict | None, force: bool = False):
     data_state = {"iterator": train_iter.get_state(), "best": best.state()}
     checkpoints.save(state, data_state, meta, metrics, force=force)
-    export_prompt(workdir, f"step_{step}", exp.method.embeddings(state.params))
+    export_prompt(workdir, f"step_{step}", exp.method.export(state.params))
 
   try:
     with sharding_lib.activate(exp.mesh, exp.rules):
@@ -149,7 +149,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             writer.write(step, eval_metrics)
             log.info("step %d: %s", step, eval_metrics)
             if best.update(step, eval_metrics):
-              export_prompt(workdir, "best", exp.method.embeddings(state.params))
+              export_prompt(workdir, "best", exp.method.export(state.params))
           save(eval_metrics if is_eval else None, force=stop)
         if stop:
           log.warning("preemption requested: saved step %d, exiting", step)

@@ -1,6 +1,7 @@
 """Test set-up: 8 fake CPU devices (before JAX starts) and the shared real-data folder."""
 
 import os
+import tempfile
 
 # Must happen before jax initialises its backends: sharding tests run on a simulated 8-device host.
 # The test models are tiny, so compiling dominates: low CPU backend optimisation cuts the suite's
@@ -14,6 +15,17 @@ os.environ["XLA_FLAGS"] = " ".join([
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the Hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Many tests compile the same tiny programs (a train step, an eval step) in fresh jits, and some in
+# fresh processes (the CLI tests): XLA's persistent cache turns the repeats into cache hits. One
+# folder per test run, shared by its pytest-xdist workers and their subprocesses (environment
+# variables, which JAX reads at start-up), so no entry outlives the run's code.
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+os.environ["JAX_COMPILATION_CACHE_DIR"] = (
+    os.path.join(tempfile.gettempdir(), f"jaxprompt-tests-xla-cache-{_RUN}") if _RUN else tempfile.mkdtemp()
+)
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 from pathlib import Path  # noqa: E402
 

@@ -32,6 +32,15 @@ def tiny_config(task: str = "sst2", **overrides) -> ml_collections.ConfigDict:
   return apply_overrides(config, **overrides)
 
 
+def localized(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config with its ../shared/data/... files (relative to the repo root) made absolute."""
+  prefix = "../shared/data/"
+  sources = [config.data.train, config.data.eval] + [e[s] for e in config.mixture.values() for s in ("train", "eval")]
+  for source in sources:
+    source.files = tuple(str(SHARED_DATA / f[len(prefix):]) if f.startswith(prefix) else f for f in source.files)
+  return config
+
+
 def apply_overrides(config: ml_collections.ConfigDict, **overrides) -> ml_collections.ConfigDict:
   """Sets dotted keys, e.g. apply_overrides(config, **{"prompt.length": 4})."""
   for key, value in overrides.items():

@@ -46,10 +46,10 @@ def smollm():
 def test_zero_shot_equals_scoring_each_example_alone(smollm):
   """The batched, left-padded, cached evaluation against plain forwards of each example."""
   exp = smollm
-  feats = experiment.load_features(exp, "eval")
+  feats = experiment.eval_features(exp)[""]
   with sharding.activate(exp.mesh, exp.rules):
-    metrics = evaluate(exp.eval_step(), {}, exp.frozen, feats, exp)
-  label_ids = jnp.array([exp.backbone.codec.encode_label(t)[0] for t in exp.task.verbalizer])
+    metrics = evaluate(exp.eval_step(), {}, exp.frozen, {"": feats}, exp)
+  label_ids = jnp.array([exp.backbone.codec.encode_label(t)[0] for t in exp.tasks[0].spec.verbalizer])
   # Right padding: a causal model's logits at the real tokens do not see what comes after them.
   width = max(len(f.inputs) for f in feats)
   ids = np.array([f.inputs + [0] * (width - len(f.inputs)) for f in feats], np.int32)
@@ -65,12 +65,12 @@ def test_k_shot_prompts_are_built_and_deterministic(smollm):
   exp = smollm
   exp.config.icl.num_shots = 2
   try:
-    feats, again = experiment.load_features(exp, "eval"), experiment.load_features(exp, "eval")
+    feats, again = experiment.eval_features(exp)[""], experiment.eval_features(exp)[""]
   finally:
     exp.config.icl.num_shots = 0
   assert [f.inputs for f in feats] == [f.inputs for f in again]
   text = exp.backbone.tokenizer.decode(feats[0].inputs)
   assert text.count("Review:") == 3 and text.count("Sentiment (positive or negative):") == 3
   with sharding.activate(exp.mesh, exp.rules):
-    metrics = evaluate(exp.eval_step(), {}, exp.frozen, feats[:8], exp)
+    metrics = evaluate(exp.eval_step(), {}, exp.frozen, {"": feats[:8]}, exp)
   assert metrics["eval/examples"] == 8 and 0 <= metrics["eval/accuracy"] <= 1

@@ -17,7 +17,7 @@ GOLDEN_FIRST_LOSS = 11.114089012145996
 
 
 def _first_batches(exp, n: int):
-  feats = experiment.load_features(exp, "train")
+  feats = experiment.train_features(exp)
   c = exp.config
   it = pipeline.train_iterator(feats, c.batch_size, c.seed, c.data.max_input_len, c.data.max_target_len,
                                tuple(c.data.bucket_lengths))

@@ -36,7 +36,8 @@ def prefill(
 ) -> tuple[jax.Array, Any]:
   """(last hidden state [B, D], cache with `room` free slots) after running the prompted inputs."""
   batch, length = input_ids_BxL.shape
-  num_soft = 0 if prompt is None or prompt.embeddings_BxPxD is None else prompt.embeddings_BxPxD.shape[1]
+  inserts = prompt is not None and prompt.embeddings_BxPxD is not None and prompt.replace_at_BxL is None
+  num_soft = prompt.embeddings_BxPxD.shape[1] if inserts else 0  # markers replace tokens: no extra slots
   cache = model.init_cache(batch, num_soft + length + room)
   hidden, _, cache = model.apply(params, input_ids_BxL, input_mask_BxL, prompt, cache)
   return hidden[:, -1], cache

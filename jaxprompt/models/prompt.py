@@ -48,6 +48,9 @@ class Prompt(struct.PyTreeNode):
   # Index of the token before which the soft tokens go, per example: 0 (None) puts them first;
   # 1 after a BOS token; the example's length makes them a suffix.
   insert_at_B: jax.Array | None = None
+  # Instead of inserting them: soft token i replaces the input embedding wherever this is i (-1:
+  # keep the token's). P-tuning v1's pseudo tokens, interleaved with the template's anchor words.
+  replace_at_BxL: jax.Array | None = None
   encoder_self: KVPrefix | None = None  # encoder (or decoder-only model) self-attention prefixes
   decoder_self: KVPrefix | None = None  # T5 decoder self-attention prefixes
   decoder_cross: KVPrefix | None = None  # T5 decoder cross-attention prefixes
@@ -69,6 +72,13 @@ def place_soft_tokens(
   """Inserts the prompt's soft tokens into the embedded sequence."""
   if prompt is None or prompt.embeddings_BxPxD is None:
     return PlacedSequence(x_BxLxD, mask_BxL, None)
+  if prompt.replace_at_BxL is not None:  # the sequence keeps its length and positions
+    batch = x_BxLxD.shape[0]
+    soft_BxPxD = jnp.broadcast_to(prompt.embeddings_BxPxD, (batch,) + prompt.embeddings_BxPxD.shape[1:])
+    index_BxL = prompt.replace_at_BxL
+    soft_BxLxD = jnp.take_along_axis(soft_BxPxD, jnp.maximum(index_BxL, 0)[..., None], axis=1)
+    x = jnp.where((index_BxL >= 0)[..., None], soft_BxLxD.astype(x_BxLxD.dtype), x_BxLxD)
+    return PlacedSequence(x, mask_BxL, None)
   batch, length, _ = x_BxLxD.shape
   prompt_BxPxD = jnp.broadcast_to(
       prompt.embeddings_BxPxD.astype(x_BxLxD.dtype),
@@ -130,6 +140,16 @@ def prefix_mask(prefix: KVPrefix | None, batch: int) -> jax.Array:
   return jnp.broadcast_to(prefix.mask_BxP.astype(bool), (batch, prefix.length))
 
 
+def extended_by(prompt: Prompt | None, num_tokens: int) -> Prompt | None:
+  """The prompt for the sequence grown by `num_tokens` tokens after the inputs (a decoder's targets):
+  marker positions cover only the inputs, so the new columns replace nothing."""
+  if prompt is None or prompt.replace_at_BxL is None:
+    return prompt
+  index_BxL = prompt.replace_at_BxL
+  extra = jnp.full((index_BxL.shape[0], num_tokens), -1, index_BxL.dtype)
+  return prompt.replace(replace_at_BxL=jnp.concatenate([index_BxL, extra], axis=1))
+
+
 def repeat_examples(prompt: Prompt | None, repeats: int) -> Prompt | None:
   """Each example's prompt `repeats` times in a row (as jnp.repeat), e.g. to score C candidates.
 
@@ -148,6 +168,7 @@ def repeat_examples(prompt: Prompt | None, repeats: int) -> Prompt | None:
       embeddings_BxPxD=rep(prompt.embeddings_BxPxD, 0),
       embeddings_mask_BxP=rep(prompt.embeddings_mask_BxP, 0),
       insert_at_B=rep(prompt.insert_at_B, 0),
+      replace_at_BxL=rep(prompt.replace_at_BxL, 0),
       encoder_self=rep_prefix(prompt.encoder_self),
       decoder_self=rep_prefix(prompt.decoder_self),
       decoder_cross=rep_prefix(prompt.decoder_cross),

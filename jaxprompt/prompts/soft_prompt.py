@@ -7,17 +7,36 @@ from collections.abc import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxprompt.models.prompt import Prompt
 
-PLACEMENTS = ("prefix", "after_bos", "suffix")
+PLACEMENTS = ("prefix", "after_bos", "suffix", "markers")
+
+
+def placed_prompt(embeddings: jax.Array, placement: str, batch: dict[str, jax.Array]) -> Prompt:
+  """A Prompt carrying `embeddings` ([P, D], or [B, P, D] per example), placed as `placement` says."""
+  embeddings = embeddings[None] if embeddings.ndim == 2 else embeddings
+  if placement == "markers":
+    return Prompt(embeddings_BxPxD=embeddings, replace_at_BxL=batch["soft_positions"])
+  if placement == "prefix":
+    return Prompt(embeddings_BxPxD=embeddings)
+  # Index arithmetic that holds for left and right padding alike.
+  mask_BxL = batch["input_mask"]
+  columns = jnp.arange(mask_BxL.shape[1], dtype=jnp.int32)
+  if placement == "after_bos":
+    insert_at = jnp.argmax(mask_BxL, axis=1).astype(jnp.int32) + 1  # after the first valid token
+  else:
+    insert_at = jnp.max(jnp.where(mask_BxL, columns + 1, 0), axis=1)  # after the last valid token
+  return Prompt(embeddings_BxPxD=embeddings, insert_at_B=insert_at)
 
 
 class SoftPrompt(nn.Module):
   """The prompt is one [P, D] float32 param; `placement` says where it enters the sequence.
 
-  prefix: before the first token (Lester et al., T5). after_bos: after a decoder's BOS token.
-  suffix: after each example's last valid token.
+  prefix: before the first token (Lester et al., T5). after_bos: after the first valid token (a
+  decoder's BOS). suffix: after the last valid token. markers: soft token i replaces the template's
+  [Pi] marker (P-tuning v1's placement; batch["soft_positions"] says where).
   """
 
   length: int
@@ -38,21 +57,15 @@ class SoftPrompt(nn.Module):
         (self.length, self.embed_dim),
         jnp.float32,
     )
-    return Prompt(embeddings_BxPxD=embeddings_PxD[None], insert_at_B=self._insert_at(batch["input_mask"]))
+    return placed_prompt(embeddings_PxD, self.placement, batch)
 
-  def _insert_at(self, input_mask_BxL: jax.Array) -> jax.Array | None:
-    if self.placement == "prefix":
-      return None
-    if self.placement == "after_bos":
-      return jnp.ones(input_mask_BxL.shape[:1], jnp.int32)
-    return jnp.sum(input_mask_BxL, axis=1, dtype=jnp.int32)
+  def export(self, params: dict) -> dict[str, np.ndarray]:
+    """The [P, D] prompt ("embeddings"): what is exported as .npy and served."""
+    return {"embeddings": np.asarray(params["embeddings"], np.float32)}
 
-  @staticmethod
-  def embeddings(params: dict) -> jax.Array:
-    """The [P, D] prompt: what is exported as .npy and served."""
-    return params["embeddings"]
+  def collapsed(self) -> SoftPrompt:
+    """Nothing to collapse: the params are the prompt."""
+    return self
 
-  @staticmethod
-  def params_from_embeddings(embeddings_PxD: jax.Array) -> dict:
-    """The inverse of `embeddings`: params holding an exported prompt."""
-    return {"embeddings": embeddings_PxD}
+  def params_from_export(self, arrays: dict[str, np.ndarray]) -> dict:
+    return {"embeddings": jnp.asarray(arrays["embeddings"], jnp.float32)}

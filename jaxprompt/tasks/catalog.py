@@ -4,7 +4,8 @@ T5 writes an example as "<task> <field>: <text> <field>: <text> ..." and the tar
 name. Verbalizers are TFDS's class names (what T5 was trained to emit) in TFDS's class order, so
 that TFDS ClassLabel ints and local files agree. `label_names` are the labels as the local files
 (GLUE tsv, SuperGLUE / FewGLUE jsonl, AG News tsv) write them; ints and booleans map to class
-indices directly (see features.label_index).
+indices directly (see features.label_index). TAGGING_TASKS are token-labelling tasks (P-tuning v2's
+sequence labelling), read from CoNLL files.
 """
 
 from __future__ import annotations
@@ -75,5 +76,22 @@ TASKS: dict[str, TaskSpec] = {
         template="agnews text: {text}",
         label_names=("World", "Sports", "Business", "Sci/Tech"),
         verbalizer=("World", "Sports", "Business", "Sci/Tech"),
+    ),
+}
+
+# CoNLL-2003 NER in the tag order of Hugging Face's conll2003 dataset, so that its integer ner_tags
+# and the text files' tags agree. Original CoNLL-2003 files are IOB1 (an entity starts with I- unless
+# it follows one of its type); the same tag set reads both, and span_f1 reads IOB1 spans as conlleval does.
+CONLL2003_NER_TAGS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC")
+
+TAGGING_TASKS: dict[str, TaskSpec] = {
+    "conll2003": TaskSpec(
+        name="conll2003",
+        template="{tokens}",
+        label_names=(),
+        verbalizer=(),
+        label_field="tags",
+        metric="span_f1",
+        token_label_names=CONLL2003_NER_TAGS,
     ),
 }

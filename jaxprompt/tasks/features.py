@@ -1,8 +1,10 @@
-"""Records to token features: rendered inputs, verbalized (or rendered) targets, class labels.
+"""Records to token features: rendered inputs, verbalized (or rendered) targets, class labels;
+P-tuning's pseudo-token positions; a token-labelling task's per-token tags.
 
 A bad example (missing field, unknown label, blank input) raises DataError naming its file:line,
 or with `skip_bad_examples` is counted and left out. Sequences longer than the maximum are cut as
-the backbone's TextCodec says (T5: the end, EOS kept; decoders: the start), and counted.
+the backbone's TextCodec says (T5: the end, EOS kept; decoders: the start), and counted; a cut that
+would drop a pseudo token is a bad example, not a silent change of the prompt.
 """
 
 from __future__ import annotations
@@ -10,15 +12,16 @@ from __future__ import annotations
 import dataclasses
 import numbers
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
+from jaxprompt.tasks.codec import TextCodec
 from jaxprompt.tasks.readers import flatten_multirc
 from jaxprompt.tasks.records import DataError, Record
+from jaxprompt.tasks.tagging import words_and_tags
 from jaxprompt.tasks.task_spec import TaskSpec
 from jaxprompt.tasks.templates import Template
-from jaxprompt.tasks.codec import TextCodec
 
 MAX_ERRORS_KEPT = 5
 _BOOL_SPELLINGS = {"false": 0, "true": 1}
@@ -32,6 +35,18 @@ class Feature:
   targets: list[int]  # the label's or rendered target's ids; empty when there is no label
   label: int
   group: int  # MultiRC: the question; otherwise the record's position in the input
+  # Aligned with inputs: i where pseudo token [Pi] sits (its id is the codec's pad_id), else -1.
+  # Empty when the template has no pseudo tokens.
+  soft_positions: list[int] = dataclasses.field(default_factory=list)
+  task_id: int = 0  # which task of a mixture (mix_tasks) the example belongs to
+  # Aligned with inputs: the tag index at each word's first sub-token, -1 elsewhere (ignored).
+  # Empty for tasks that do not label tokens.
+  token_labels: list[int] = dataclasses.field(default_factory=list)
+
+  def __post_init__(self):
+    for key in ("soft_positions", "token_labels"):
+      if getattr(self, key) and len(getattr(self, key)) != len(self.inputs):
+        raise ValueError(f"Feature.{key} has {len(getattr(self, key))} entries for {len(self.inputs)} inputs")
 
 
 @dataclasses.dataclass
@@ -46,6 +61,7 @@ class FeatureStats:
   unlabeled: int = 0
   longest_input: int = 0  # tokens before truncation, EOS included
   longest_target: int = 0
+  words_without_tokens: int = 0  # token labelling: words the vocabulary encodes to nothing (their tag is lost)
   errors: list[str] = dataclasses.field(default_factory=list)  # the first few skip reasons
 
   def summary(self) -> str:
@@ -55,6 +71,8 @@ class FeatureStats:
         f" truncated {self.truncated_inputs} inputs (longest {self.longest_input} tokens) and"
         f" {self.truncated_targets} targets (longest {self.longest_target})"
     )
+    if self.words_without_tokens:
+      line += f"; {self.words_without_tokens} words encode to no tokens (their tags are left out)"
     return line + (f"; first skipped: {self.errors[0]}" if self.errors else "")
 
 
@@ -99,10 +117,14 @@ def featurize(
   The label is read from `spec.label_field`; an absent or null field, or -1 (TFDS's label of test
   examples), means no label: label -1 and empty targets. A generation task (`target_template`)
   renders its targets and has label -1. `input_prefix(i)`, if given, is text put before the i-th
-  record's rendered input (in-context demonstrations).
+  record's rendered input (in-context demonstrations). A token-labelling task encodes the words one
+  by one and has label -1, empty targets and `token_labels`; a record without tags is unlabeled
+  (every token label -1).
   """
   if max_input_len < 1 or max_target_len < 1:
     raise ValueError(f"max_input_len and max_target_len must be positive, got {max_input_len}, {max_target_len}")
+  if spec.token_label_names and input_prefix is not None:
+    raise ValueError(f"Task {spec.name!r} labels tokens: in-context demonstrations (input_prefix) are not supported")
   if spec.flatten == "multirc":
     records = flatten_multirc(records)
   template = Template(spec.template)
@@ -112,20 +134,13 @@ def featurize(
   features = []
   for position, record in enumerate(records):
     try:
-      values = template.values(record.fields, record.where)
-      if not any(value.strip() for value in values):
-        raise DataError(f"{record.where}: empty input: the fields {list(template.fields)} are all blank")
-      text = template.fill(values)
-      inputs = codec.encode_input(input_prefix(position) + text if input_prefix else text)
-      if target_template is not None:
-        label, targets = -1, _rendered_target(target_template, record, codec)
+      if spec.token_label_names:
+        example = _tagged_example(record, spec, template, codec)
       else:
-        raw = record.fields.get(spec.label_field)
-        if raw is None or (isinstance(raw, numbers.Integral) and raw == -1):
-          label, targets = -1, []
-        else:
-          label = label_index(raw, spec, record.where)
-          targets = list(verbalized[label])  # a copy: features must not share mutable lists
+        prefix = input_prefix(position) if input_prefix else ""
+        example = _text_example(record, spec, template, target_template, verbalized, codec, prefix)
+      kept = codec.kept_input_positions(example.inputs, max_input_len)
+      _check_pseudo_tokens_kept(example.soft_positions, kept, max_input_len, record.where)
     except DataError as e:
       if not skip_bad_examples:
         raise
@@ -135,15 +150,81 @@ def featurize(
       continue
     group = int(record.fields["group"]) if spec.flatten == "multirc" else position
     stats.kept += 1
-    stats.unlabeled += target_template is None and label == -1
-    stats.longest_input = max(stats.longest_input, len(inputs))
-    stats.longest_target = max(stats.longest_target, len(targets))
-    inputs, cut_inputs = codec.truncate_input(inputs, max_input_len)
-    targets, cut_targets = codec.truncate_target(targets, max_target_len)
+    stats.unlabeled += not example.labelled
+    stats.words_without_tokens += example.words_without_tokens
+    stats.longest_input = max(stats.longest_input, len(example.inputs))
+    stats.longest_target = max(stats.longest_target, len(example.targets))
+    cut_inputs = len(kept) < len(example.inputs)
+    take = lambda values: [values[i] for i in kept] if cut_inputs and values else values
+    targets, cut_targets = codec.truncate_target(example.targets, max_target_len)
     stats.truncated_inputs += cut_inputs
     stats.truncated_targets += cut_targets
-    features.append(Feature(inputs, targets, label, group))
+    features.append(Feature(
+        take(example.inputs), targets, example.label, group, soft_positions=take(example.soft_positions),
+        token_labels=take(example.token_labels),
+    ))
   return features, stats
+
+
+class _Example(NamedTuple):
+  """One record encoded, before truncation."""
+
+  inputs: list[int]
+  soft_positions: list[int]  # empty: no pseudo tokens
+  token_labels: list[int]  # empty: not a token-labelling task
+  targets: list[int]
+  label: int
+  labelled: bool  # False: counted as unlabeled
+  words_without_tokens: int = 0
+
+
+def _text_example(
+    record: Record, spec: TaskSpec, template: Template, target_template: Template | None,
+    verbalized: list[list[int]], codec: TextCodec, prefix: str,
+) -> _Example:
+  """The rendered input (split at pseudo tokens, if any) and the label's or rendered target."""
+  values = template.values(record.fields, record.where)
+  if not any(value.strip() for value in values):
+    raise DataError(f"{record.where}: empty input: the fields {list(template.fields)} are all blank")
+  soft_positions: list[int] = []
+  if template.pseudo_tokens:
+    pieces = [prefix, *template.fill_pieces(values)]
+    if isinstance(pieces[1], str):  # the prefix reads on into the template's first text
+      pieces[:2] = [pieces[0] + pieces[1]]
+    inputs, soft_positions = codec.encode_input_pieces(pieces)
+  else:
+    inputs = codec.encode_input(prefix + template.fill(values))
+  if target_template is not None:
+    return _Example(inputs, soft_positions, [], _rendered_target(target_template, record, codec), -1, True)
+  raw = record.fields.get(spec.label_field)
+  if raw is None or (isinstance(raw, numbers.Integral) and raw == -1):
+    return _Example(inputs, soft_positions, [], [], -1, False)
+  label = label_index(raw, spec, record.where)
+  # A copy: features must not share mutable lists.
+  return _Example(inputs, soft_positions, [], list(verbalized[label]), label, True)
+
+
+def _tagged_example(record: Record, spec: TaskSpec, template: Template, codec: TextCodec) -> _Example:
+  """The words encoded one by one; each word's tag on its first sub-token."""
+  words, tags = words_and_tags(record, spec, template)
+  inputs, word_starts = codec.encode_input_words(words)
+  encoded = sum(w >= 0 for w in word_starts)
+  if not encoded:
+    raise DataError(f"{record.where}: empty input: none of the words {words!r:.80} encodes to a token")
+  token_labels = [tags[w] if w >= 0 and tags is not None else -1 for w in word_starts]
+  return _Example(inputs, [], token_labels, [], -1, tags is not None, len(words) - encoded)
+
+
+def _check_pseudo_tokens_kept(soft_positions: list[int], kept: list[int], max_input_len: int, where: str) -> None:
+  """A DataError if truncation to `kept` would drop a pseudo token."""
+  if not soft_positions or len(kept) == len(soft_positions):
+    return
+  dropped = sorted(set(soft_positions) - {soft_positions[i] for i in kept} - {-1})
+  if dropped:
+    raise DataError(
+        f"{where}: the input is {len(soft_positions)} tokens; cutting it to max_input_len={max_input_len} would"
+        f" drop the pseudo tokens {[f'[P{i}]' for i in dropped]}: raise max_input_len or skip_bad_examples"
+    )
 
 
 def _rendered_target(template: Template, record: Record, codec: TextCodec) -> list[int]:
@@ -156,7 +237,8 @@ def _rendered_target(template: Template, record: Record, codec: TextCodec) -> li
 def label_targets(spec: TaskSpec, codec: TextCodec, max_target_len: int) -> tuple[np.ndarray, np.ndarray]:
   """The tokenized verbalizer of every class, padded: (targets_CxT int32, target_mask_CxT bool)."""
   if spec.num_classes == 0:
-    raise ValueError(f"Task {spec.name!r} is a generation task: it has no classes to rank")
+    kind = "a token-labelling" if spec.token_label_names else "a generation"
+    raise ValueError(f"Task {spec.name!r} is {kind} task: it has no classes to rank")
   targets_CxT = np.full((spec.num_classes, max_target_len), codec.pad_id, np.int32)
   target_mask_CxT = np.zeros((spec.num_classes, max_target_len), bool)
   for c, text in enumerate(spec.verbalizer):

@@ -1,5 +1,6 @@
 """GPT-3-style in-context learning: k labelled training examples, rendered with the task's template
-and verbalizer, written before each input (Brown et al. 2020)."""
+and verbalizer, written before each input (Brown et al. 2020). A template's pseudo tokens belong to
+the prompt of the example itself, so demonstrations are rendered without them."""
 
 from __future__ import annotations
 
@@ -11,13 +12,15 @@ from jaxprompt.tasks.features import label_index
 from jaxprompt.tasks.readers import flatten_multirc
 from jaxprompt.tasks.records import DataError, Record
 from jaxprompt.tasks.task_spec import TaskSpec
-from jaxprompt.tasks.templates import Template
+from jaxprompt.tasks.templates import Template, text_without_pseudo_tokens
 
 
 class Demonstrations:
   """A pool of rendered demonstrations ("<input><answer>") and a seeded draw of k per example."""
 
   def __init__(self, pool: Sequence[Record], spec: TaskSpec, k: int, seed: int, separator: str = "\n\n"):
+    if spec.token_label_names:
+      raise ValueError(f"Task {spec.name!r} labels tokens: it has no text answers to demonstrate")
     if spec.flatten == "multirc":
       pool = flatten_multirc(pool)
     template = Template(spec.template)
@@ -32,7 +35,8 @@ class Demonstrations:
           if raw is None:
             continue  # unlabelled records cannot demonstrate an answer
           text = spec.verbalizer[label_index(raw, spec, record.where)]
-        self.rendered.append(template.render(record.fields, record.where) + text)
+        pieces = template.fill_pieces(template.values(record.fields, record.where))
+        self.rendered.append(text_without_pseudo_tokens(pieces) + text)
       except DataError:
         continue  # a record that cannot be rendered is not a demonstration
     if len(self.rendered) < k:

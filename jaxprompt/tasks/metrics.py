@@ -1,7 +1,9 @@
-"""Task metrics on class predictions: accuracy, macro-F1 (CB), F1a and exact match (MultiRC)."""
+"""Task metrics on class predictions: accuracy, macro-F1 (CB), F1a and exact match (MultiRC);
+entity-level span F1 and token accuracy on per-token tag predictions (NER)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -33,6 +35,8 @@ def task_metrics(metric: str, predictions: np.ndarray, labels: np.ndarray, group
     all_right = np.ones(group_ids.max() + 1, bool)
     np.logical_and.at(all_right, group_ids, correct)
     result["em"] = float(all_right.mean())
+  elif metric == "span_f1":
+    raise ValueError("'span_f1' scores per-token tags: use tagging_metrics")
   else:
     raise ValueError(f"Unknown metric {metric!r}; expected 'accuracy', 'f1_macro' or 'multirc'")
   return result
@@ -57,3 +61,53 @@ def exact_match(decoded: np.ndarray, targets: np.ndarray, target_lengths: np.nda
   if not scored:
     raise ValueError("No non-empty targets to compare")
   return float(np.mean([np.array_equal(d[:n], t[:n]) for d, t, n in scored]))
+
+
+def tagging_metrics(
+    predictions_BxL: np.ndarray, labels_BxL: np.ndarray, label_names: Sequence[str]
+) -> dict[str, float]:
+  """Entity-level span precision / recall / F1 and token accuracy over the labelled positions.
+
+  Positions whose label is -1 (later sub-tokens, special tokens, padding) are left out; what remains
+  of a row is its sentence's word-level tag sequence, read as BIO / IOB2 spans the way seqeval's
+  default (conlleval) mode reads them: an I- tag that does not continue a span of its type starts one.
+  Span scores are micro-averaged over all entities of all rows.
+  """
+  predictions_BxL, labels_BxL = np.asarray(predictions_BxL), np.asarray(labels_BxL)
+  if predictions_BxL.shape != labels_BxL.shape or labels_BxL.ndim != 2:
+    raise ValueError(f"predictions {predictions_BxL.shape} and labels {labels_BxL.shape} must be the same [B, L] shape")
+  labelled_BxL = labels_BxL != -1
+  if not labelled_BxL.any():
+    raise ValueError("No labelled tokens: every label is -1")
+  names = np.asarray(label_names, dtype=object)
+  for what, values in (("prediction", predictions_BxL[labelled_BxL]), ("label", labels_BxL[labelled_BxL])):
+    if values.min() < 0 or values.max() >= len(names):
+      raise ValueError(f"A {what} is outside [0, {len(names)}): {sorted(set(values.tolist()))}")
+  true_spans, predicted_spans = set(), set()
+  for row, labelled in enumerate(labelled_BxL):
+    true_spans.update((row, *span) for span in bio_spans(names[labels_BxL[row, labelled]]))
+    predicted_spans.update((row, *span) for span in bio_spans(names[predictions_BxL[row, labelled]]))
+  hits = len(true_spans & predicted_spans)
+  return {
+      "span_precision": hits / len(predicted_spans) if predicted_spans else 0.0,
+      "span_recall": hits / len(true_spans) if true_spans else 0.0,
+      "span_f1": 2 * hits / (len(true_spans) + len(predicted_spans)) if true_spans or predicted_spans else 0.0,
+      "token_accuracy": float(np.mean(predictions_BxL[labelled_BxL] == labels_BxL[labelled_BxL])),
+  }
+
+
+def bio_spans(tags: Sequence[str]) -> list[tuple[str, int, int]]:
+  """The (type, first, last) word spans of a BIO tag sequence, as seqeval's default mode finds them."""
+  spans = []
+  previous, previous_type, begin = "O", "", 0
+  for i, tag in enumerate([*tags, "O"]):  # a final O closes the last span
+    prefix, entity_type = (tag, "") if tag == "O" else (tag[0], tag[2:])
+    if prefix not in ("B", "I", "O") or (prefix != "O" and tag[1:2] != "-"):
+      raise ValueError(f"{tag!r} is not a BIO tag ('O', 'B-<type>' or 'I-<type>')")
+    ends = previous != "O" and (prefix in ("B", "O") or entity_type != previous_type)
+    if ends:
+      spans.append((previous_type, begin, i - 1))
+    if prefix == "B" or (prefix == "I" and (previous == "O" or entity_type != previous_type)):
+      begin = i
+    previous, previous_type = prefix, entity_type
+  return spans

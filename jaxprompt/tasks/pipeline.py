@@ -6,7 +6,11 @@ batch. The input length of a batch is the smallest bucket that fits the longest 
 *global* batch, so every process picks the same shape.
 
 Batch keys: inputs int32 [B, L], input_mask bool [B, L], targets int32 [B, T], target_mask bool
-[B, T], label int32 [B], group int32 [B], example_mask bool [B] (False for padding rows).
+[B, T], label int32 [B], group int32 [B], example_mask bool [B] (False for padding rows),
+soft_positions int32 [B, L] (i where pseudo token [Pi] sits, else -1), task_id int32 [B] (-1 for
+padding rows), token_labels int32 [B, L] (a word's tag index at its first sub-token, -1 where
+ignored). Every batch has every key, whatever its task, so that all batches share one structure;
+the [B, L] keys are aligned with inputs, on whichever side inputs are padded.
 """
 
 from __future__ import annotations
@@ -52,6 +56,9 @@ class _Batcher:
         "label": np.full(len(ids_B), -1, np.int32),
         "group": np.full(len(ids_B), -1, np.int32),
         "example_mask": ids_B >= 0,
+        "soft_positions": np.full((len(ids_B), length), -1, np.int32),
+        "task_id": np.full(len(ids_B), -1, np.int32),
+        "token_labels": np.full((len(ids_B), length), -1, np.int32),
     }
     for row, i in enumerate(ids_B):
       if i >= 0:
@@ -63,6 +70,11 @@ class _Batcher:
         batch["target_mask"][row, : len(feature.targets)] = True
         batch["label"][row] = feature.label
         batch["group"][row] = feature.group
+        batch["task_id"][row] = feature.task_id
+        if feature.soft_positions:
+          batch["soft_positions"][row, columns] = feature.soft_positions
+        if feature.token_labels:
+          batch["token_labels"][row, columns] = feature.token_labels
     return batch
 
 

@@ -1,4 +1,4 @@
-"""Read a DataSource into Records: local jsonl / tsv / csv files, or a prepared TFDS dataset.
+"""Read a DataSource into Records: local jsonl / tsv / csv / conll files, or a prepared TFDS dataset.
 
 Every record remembers where it came from ("<file>:<line>", 1-based, or "<tfds_name>/<split>[<i>]")
 so that a bad example can be named exactly, long after reading. MultiRC's nested passages become
@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jaxprompt.tasks.conll import read_conll
 from jaxprompt.tasks.records import DataError, Record
 from jaxprompt.tasks.task_spec import DataSource
 
@@ -37,6 +38,8 @@ def read_records(source: DataSource) -> list[Record]:
   for name in source.files:
     if source.kind == "jsonl":
       records.extend(read_jsonl(name))
+    elif source.kind == "conll":
+      records.extend(read_conll(name))
     else:
       records.extend(read_delimited(name, _DELIMITERS[source.kind], source.columns))
   return records

@@ -13,9 +13,10 @@ from typing import Any
 
 from jaxprompt.tasks.templates import Template
 
-METRICS = ("accuracy", "f1_macro", "multirc")
+METRICS = ("accuracy", "f1_macro", "multirc", "span_f1")
 FLATTENS = ("multirc",)
-SOURCE_KINDS = ("tfds", "jsonl", "tsv", "csv")
+SOURCE_KINDS = ("tfds", "jsonl", "tsv", "csv", "conll")
+_DELIMITED = ("tsv", "csv")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,7 +26,12 @@ class TaskSpec:
   `label_names[i]` is how class i's label appears in the data and `verbalizer[i]` is its target
   text. A task with a `target_template` is a generation task: targets are rendered from fields and
   examples have no class label. `flatten` names a record transform applied before featurizing
-  ("multirc": one example per answer option).
+  ("multirc": one example per answer option). The template may hold pseudo tokens `[P0]`..`[P{N-1}]`
+  (P-tuning; see templates.py).
+
+  A token-labelling task (e.g. NER) has `token_label_names` (e.g. BIO tags) instead of classes: its
+  template is one slot naming the list of words (e.g. "{tokens}"), `label_field` names the list of
+  their tags (e.g. "tags"), and its metric is "span_f1".
   """
 
   name: str
@@ -36,17 +42,27 @@ class TaskSpec:
   target_template: str | None = None
   metric: str = "accuracy"
   flatten: str | None = None
+  token_label_names: tuple[str, ...] = ()
 
   def __post_init__(self):
-    for key in ("label_names", "verbalizer"):
+    for key in ("label_names", "verbalizer", "token_label_names"):
       value = getattr(self, key)
       if isinstance(value, str) or not all(isinstance(v, str) for v in value):
         raise TypeError(f"Task {self.name!r}: {key} must be a sequence of strings, got {value!r}")
       object.__setattr__(self, key, tuple(value))  # lists from configs become tuples
-    if not Template(self.template).fields:
+    template = Template(self.template)
+    if not template.fields:
       raise ValueError(f"Task {self.name!r}: the template {self.template!r} has no {{field}} slot")
+    if self.token_label_names:
+      self._check_tagging(template)
+      return
+    if self.metric == "span_f1":
+      raise ValueError(f"Task {self.name!r}: the metric 'span_f1' needs token_label_names (a token-labelling task)")
     if self.target_template is not None:
-      Template(self.target_template)
+      if Template(self.target_template).pseudo_tokens:
+        raise ValueError(
+            f"Task {self.name!r}: pseudo tokens belong in the input template, not in {self.target_template!r}"
+        )
     elif not self.verbalizer:
       raise ValueError(f"Task {self.name!r} needs a verbalizer (one target text per class) or a target_template")
     if self.verbalizer and len(self.verbalizer) != len(self.label_names):
@@ -63,18 +79,43 @@ class TaskSpec:
     if self.flatten is not None and self.flatten not in FLATTENS:
       raise ValueError(f"Task {self.name!r}: unknown flatten {self.flatten!r}; expected None or one of {FLATTENS}")
 
+  def _check_tagging(self, template: Template) -> None:
+    """A token-labelling task: one slot for the words, BIO tag names, no classes or targets."""
+    if len(template.fields) != 1 or template.fill([""]).strip():
+      raise ValueError(
+          f"Task {self.name!r} labels tokens: its template must be one slot naming the list of words, such as"
+          f" '{{tokens}}', got {self.template!r}"
+      )
+    if self.label_names or self.verbalizer or self.target_template is not None or self.flatten is not None:
+      raise ValueError(
+          f"Task {self.name!r} labels tokens: it takes no label_names, verbalizer, target_template or flatten"
+      )
+    if self.metric != "span_f1":
+      raise ValueError(f"Task {self.name!r} labels tokens: its metric must be 'span_f1', got {self.metric!r}")
+    names = self.token_label_names
+    if len(set(names)) != len(names) or not all(n == "O" or n[:2] in ("B-", "I-") and n[2:] for n in names):
+      raise ValueError(
+          f"Task {self.name!r}: token_label_names must be distinct BIO tags ('O', 'B-<type>', 'I-<type>'), got {names}"
+      )
+
   @property
   def num_classes(self) -> int:
-    """Number of classes; 0 for a generation task."""
-    return 0 if self.target_template is not None else len(self.label_names)
+    """Number of classes; 0 for a generation or token-labelling task."""
+    return 0 if self.target_template is not None or self.token_label_names else len(self.label_names)
+
+  @property
+  def num_pseudo_tokens(self) -> int:
+    """How many P-tuning pseudo tokens ([P0], [P1], ...) the template has; 0 when none."""
+    return len(Template(self.template).pseudo_tokens)
 
 
 @dataclasses.dataclass(frozen=True)
 class DataSource:
-  """Where one split's records come from: a TFDS dataset, or local jsonl / tsv / csv files.
+  """Where one split's records come from: a TFDS dataset, or local jsonl / tsv / csv / conll files.
 
   For tsv/csv, `columns` names the columns of header-less files; when empty, the first row of each
-  file is its header. An empty tfds_name, split or data_dir means None (data_dir None: TFDS's default).
+  file is its header. A conll file holds one sentence per record (see conll.py). An empty tfds_name,
+  split or data_dir means None (data_dir None: TFDS's default).
   """
 
   kind: str
@@ -104,7 +145,7 @@ class DataSource:
         raise ValueError(f"A {self.kind} data source needs at least one file, got {self}")
       if self.tfds_name or self.split or self.data_dir:
         raise ValueError(f"A {self.kind} data source takes no tfds_name, split or data_dir, got {self}")
-      if self.columns and self.kind == "jsonl":
+      if self.columns and self.kind not in _DELIMITED:
         raise ValueError(f"columns apply to tsv/csv files only, got {self}")
       if len(set(self.columns)) != len(self.columns):
         raise ValueError(f"Duplicate column names in {self.columns}")

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from jaxprompt.tasks.metrics import exact_match, task_metrics
+from jaxprompt.tasks.metrics import bio_spans, exact_match, tagging_metrics, task_metrics
 
 
 def test_accuracy_ignores_unlabeled():
@@ -49,3 +49,73 @@ def test_exact_match():
   assert exact_match(decoded, targets, np.array([3, 3, 2, 0])) == pytest.approx(2 / 3)
   with pytest.raises(ValueError, match="4 decodings, 4 targets, 3 lengths"):
     exact_match(decoded, targets, np.array([1, 1, 1]))
+
+
+TAGS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")
+O, BP, IP, BL, IL = range(5)
+
+
+def test_tagging_metrics_by_hand():
+  # Row 0: [CLS] Peter Black ##burn met Paris [SEP] pad; row 1: [CLS] in New York [SEP] pad pad pad.
+  labels = np.array([
+      [-1, BP, IP, -1, O, BL, -1, -1],
+      [-1, O, BL, IL, -1, -1, -1, -1],
+  ])
+  predictions = np.array([
+      [BP, BP, O, IP, O, BL, IL, IL],  # ignored positions hold anything
+      [O, O, BL, IL, BP, O, O, O],
+  ])
+  # Gold spans: PER(0-1), LOC(3) in row 0; LOC(1-2) in row 1. Predicted: PER(0), LOC(3); LOC(1-2).
+  # 2 of 3 predicted spans are right and 2 of 3 gold spans are found; 6 of 7 labelled tokens are right.
+  assert tagging_metrics(predictions, labels, TAGS) == pytest.approx(
+      {"span_precision": 2 / 3, "span_recall": 2 / 3, "span_f1": 2 / 3, "token_accuracy": 6 / 7}
+  )
+  # Nothing predicted: precision, recall and F1 are 0; the O tokens are still right.
+  nothing = np.zeros_like(labels)
+  assert tagging_metrics(nothing, labels, TAGS) == pytest.approx(
+      {"span_precision": 0.0, "span_recall": 0.0, "span_f1": 0.0, "token_accuracy": 2 / 7}
+  )
+  # One extra wrong span: P = 3/4, R = 3/3, F1 = 2 * 3 / (3 + 4).
+  perfect_plus_one = np.where(labels >= 0, labels, O)
+  perfect_plus_one[0, 4] = BL
+  assert tagging_metrics(perfect_plus_one, labels, TAGS) == pytest.approx(
+      {"span_precision": 3 / 4, "span_recall": 1.0, "span_f1": 6 / 7, "token_accuracy": 6 / 7}
+  )
+
+
+def test_span_f1_counts_spans_not_tokens():
+  # A span with one wrong token counts as entirely wrong, though most of its tokens are right.
+  labels = np.array([[BP, IP, IP, IP]])
+  predictions = np.array([[BP, IP, IP, O]])
+  metrics = tagging_metrics(predictions, labels, TAGS)
+  assert (metrics["span_f1"], metrics["token_accuracy"]) == (0.0, 3 / 4)
+
+
+@pytest.mark.parametrize(
+    "tags, spans",
+    [
+        (["B-PER", "I-PER", "O", "B-LOC"], [("PER", 0, 1), ("LOC", 3, 3)]),
+        (["B-PER", "B-PER", "I-PER"], [("PER", 0, 0), ("PER", 1, 2)]),  # B- starts a new span
+        (["I-PER", "I-PER", "O", "I-LOC"], [("PER", 0, 1), ("LOC", 3, 3)]),  # IOB1: I- after O starts one
+        (["B-PER", "I-LOC", "I-LOC"], [("PER", 0, 0), ("LOC", 1, 2)]),  # a type change starts one
+        (["I-PER", "B-PER"], [("PER", 0, 0), ("PER", 1, 1)]),
+        (["O", "O"], []),
+        ([], []),
+        (["B-MISC-X", "I-MISC-X"], [("MISC-X", 0, 1)]),  # types may hold hyphens
+    ],
+)
+def test_bio_spans_as_seqeval_default_mode(tags, spans):
+  assert bio_spans(tags) == spans
+
+
+def test_tagging_metric_errors():
+  with pytest.raises(ValueError, match="every label is -1"):
+    tagging_metrics(np.zeros((1, 2)), np.full((1, 2), -1), TAGS)
+  with pytest.raises(ValueError, match="same \\[B, L\\] shape"):
+    tagging_metrics(np.zeros((1, 2)), np.zeros((1, 3)), TAGS)
+  with pytest.raises(ValueError, match="A prediction is outside \\[0, 5\\)"):
+    tagging_metrics(np.array([[7]]), np.array([[0]]), TAGS)
+  with pytest.raises(ValueError, match="'E-PER' is not a BIO tag"):
+    bio_spans(["E-PER"])
+  with pytest.raises(ValueError, match="use tagging_metrics"):
+    task_metrics("span_f1", np.array([0]), np.array([0]), np.array([0]))

@@ -15,6 +15,7 @@ from jaxprompt.tasks.pipeline import eval_batches, to_global, train_iterator
 KEYS = {
     "inputs": np.int32, "input_mask": np.bool_, "targets": np.int32, "target_mask": np.bool_,
     "label": np.int32, "group": np.int32, "example_mask": np.bool_,
+    "soft_positions": np.int32, "task_id": np.int32, "token_labels": np.int32,
 }
 
 
@@ -171,3 +172,38 @@ def test_to_global_on_a_2d_mesh():
   # A sharding built for rank-2 arrays serves rank-1 arrays too.
   arrays = to_global(batch, NamedSharding(mesh, P("data", None)))
   assert arrays["label"].sharding.spec == P("data") and arrays["inputs"].sharding.spec == P("data", None)
+
+
+@pytest.mark.parametrize("pad_inputs_left", [False, True])
+def test_soft_positions_token_labels_and_task_ids_follow_the_inputs(pad_inputs_left):
+  features = [
+      Feature([9, 0, 0, 5, 1], [7, 1], 1, 0, soft_positions=[-1, 0, 1, -1, -1], task_id=2),
+      Feature([101, 30, 31, 40, 102], [], -1, 1, token_labels=[-1, 3, -1, 0, -1], task_id=1),
+      Feature([6, 1], [8, 1], 0, 2),  # neither: all -1
+  ]
+  batches = list(eval_batches(features, 4, 8, 2, (), 0, 1, pad_inputs_left))
+  assert len(batches) == 1
+  batch = batches[0]
+  assert batch["soft_positions"].shape == batch["token_labels"].shape == batch["inputs"].shape == (4, 8)
+  np.testing.assert_array_equal(batch["task_id"], [2, 1, 0, -1])  # -1: the padding row
+  expected_soft = [[-1, 0, 1, -1, -1], [-1] * 5, [-1] * 2]
+  expected_labels = [[-1] * 5, [-1, 3, -1, 0, -1], [-1] * 2]
+  for row, feature in enumerate(features):
+    mask = batch["input_mask"][row]
+    columns = np.arange(8)[mask]
+    assert columns[0] == (8 - len(feature.inputs) if pad_inputs_left else 0)
+    np.testing.assert_array_equal(batch["inputs"][row, mask], feature.inputs)
+    np.testing.assert_array_equal(batch["soft_positions"][row, mask], expected_soft[row])
+    np.testing.assert_array_equal(batch["token_labels"][row, mask], expected_labels[row])
+    assert (batch["soft_positions"][row, ~mask] == -1).all() and (batch["token_labels"][row, ~mask] == -1).all()
+  assert (batch["soft_positions"][3] == -1).all() and (batch["token_labels"][3] == -1).all()
+  # The pseudo tokens sit exactly where their (pad-id) inputs are.
+  np.testing.assert_array_equal(batch["inputs"][0][batch["soft_positions"][0] >= 0], [0, 0])
+  np.testing.assert_array_equal(np.nonzero(batch["soft_positions"][0] >= 0)[0], [4, 5] if pad_inputs_left else [1, 2])
+
+
+def test_misaligned_features_are_refused():
+  with pytest.raises(ValueError, match="Feature.soft_positions has 2 entries for 3 inputs"):
+    Feature([1, 2, 3], [], -1, 0, soft_positions=[-1, 0])
+  with pytest.raises(ValueError, match="Feature.token_labels has 4 entries for 3 inputs"):
+    Feature([1, 2, 3], [], -1, 0, token_labels=[-1, 0, 0, -1])

@@ -5,7 +5,7 @@ import dataclasses
 import ml_collections
 import pytest
 
-from jaxprompt.tasks.catalog import TASKS
+from jaxprompt.tasks.catalog import CONLL2003_NER_TAGS, TAGGING_TASKS, TASKS
 from jaxprompt.tasks.task_spec import DataSource, TaskSpec, data_source_from_config, task_spec_from_config
 
 
@@ -91,6 +91,8 @@ def test_data_source_from_config():
         ({"kind": "tfds", "tfds_name": "x", "split": "train", "files": ("a",)}, "no files"),
         ({"kind": "jsonl", "files": ("a",), "split": "train"}, "no tfds_name"),
         ({"kind": "jsonl", "files": ("a",), "columns": ("x",)}, "tsv/csv files only"),
+        ({"kind": "conll", "files": ("a",), "columns": ("x",)}, "tsv/csv files only"),
+        ({"kind": "conll"}, "needs at least one file"),
         ({"kind": "tsv", "files": ("a",), "columns": ("x", "x")}, "Duplicate column"),
     ],
 )
@@ -106,3 +108,61 @@ def test_empty_strings_from_configs_mean_none():
   assert source.data_dir is None
   local = DataSource("jsonl", ("a.jsonl",), tfds_name="", split="", data_dir="")
   assert (local.tfds_name, local.split, local.data_dir) == (None, None, None)
+
+
+def test_pseudo_token_count():
+  spec = TaskSpec("rte_pt", "[P0][P1] {premise} ? [P2] {hypothesis}", ("entailment", "not_entailment"), ("yes", "no"))
+  assert spec.num_pseudo_tokens == 3
+  assert all(spec.num_pseudo_tokens == 0 for spec in TASKS.values())
+  assert task_spec_from_config(dataclasses.asdict(spec)) == spec
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"template": "[P0][P2] {a}"}, r"2 pseudo tokens, so they must be \[P0\] to \[P1\]"),
+        ({"template": "[P0] {a} [P0]"}, r"repeated: \['\[P0\]'\]"),
+        ({"template": "[P1] {a}"}, r"missing: \['\[P0\]'\]"),
+        ({"template": "[P0][P1]"}, "no {field} slot"),
+        ({"label_names": (), "verbalizer": (), "target_template": "[P0] {b}"}, "pseudo tokens belong in the input"),
+    ],
+)
+def test_bad_pseudo_token_templates_are_rejected(kwargs, match):
+  base = {"name": "t", "template": "t: {a}", "label_names": ("0", "1"), "verbalizer": ("no", "yes")}
+  with pytest.raises(ValueError, match=match):
+    TaskSpec(**{**base, **kwargs})
+
+
+def test_tagging_task():
+  spec = TAGGING_TASKS["conll2003"]
+  assert spec.token_label_names == CONLL2003_NER_TAGS and spec.label_field == "tags" and spec.metric == "span_f1"
+  assert spec.num_classes == 0 and spec.num_pseudo_tokens == 0
+  assert task_spec_from_config(dataclasses.asdict(spec)) == spec
+  chunks = TaskSpec("chunk", "{ words }", (), (), "tags", metric="span_f1", token_label_names=["O", "B-NP"])
+  assert chunks.token_label_names == ("O", "B-NP")  # a list from a config becomes a tuple
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"template": "ner: {tokens}"}, "one slot naming the list of words"),
+        ({"template": "{tokens} {more}"}, "one slot naming the list of words"),
+        ({"label_names": ("a",), "verbalizer": ("a",)}, "takes no label_names, verbalizer"),
+        ({"target_template": "{x}"}, "takes no label_names, verbalizer, target_template"),
+        ({"metric": "accuracy"}, "must be 'span_f1'"),
+        ({"token_label_names": ("O", "PER")}, "BIO tags"),
+        ({"token_label_names": ("O", "B-")}, "BIO tags"),
+        ({"token_label_names": ("O", "B-PER", "B-PER")}, "distinct BIO tags"),
+        ({"token_label_names": "O"}, "sequence of strings"),
+    ],
+)
+def test_bad_tagging_tasks_are_rejected(kwargs, match):
+  base = dict(name="ner", template="{tokens}", label_names=(), verbalizer=(), label_field="tags", metric="span_f1",
+              token_label_names=("O", "B-PER", "I-PER"))
+  with pytest.raises((ValueError, TypeError), match=match):
+    TaskSpec(**{**base, **kwargs})
+
+
+def test_span_f1_needs_token_labels():
+  with pytest.raises(ValueError, match="'span_f1' needs token_label_names"):
+    TaskSpec("t", "{a}", ("0", "1"), ("no", "yes"), metric="span_f1")

@@ -3,7 +3,7 @@
 import pytest
 
 from jaxprompt.tasks.records import DataError
-from jaxprompt.tasks.templates import Template
+from jaxprompt.tasks.templates import Template, text_without_pseudo_tokens
 
 
 def test_render_fields_and_dotted_paths():
@@ -50,3 +50,44 @@ def test_values_are_trimmed_so_template_spacing_is_not_doubled():
   # GLUE SST-2 sentences end with a space; the rendered prompt must not read "journey .  Sentiment".
   template = Template("Review: {sentence} Sentiment:")
   assert template.render({"sentence": " it 's a journey . "}, "dev.tsv:2") == "Review: it 's a journey . Sentiment:"
+
+
+def test_pseudo_tokens_split_the_filled_template():
+  template = Template("[P0][P1] {premise} ? [P2] {hypothesis}")
+  assert template.pseudo_tokens == (0, 1, 2) and template.fields == ("premise", "hypothesis")
+  assert template.fill_pieces(["It rained.", "It was wet."]) == [0, 1, " It rained. ? ", 2, " It was wet."]
+  # The markers stay literal text where a whole string is rendered.
+  assert template.fill(["a", "b"]) == "[P0][P1] a ? [P2] b"
+  # Pseudo tokens come from the template only: a field cannot inject one.
+  assert Template("{a} [P0]").fill_pieces(["see [P0] or [P1]"]) == ["see [P0] or [P1] ", 0]
+  # Numbered in any order of appearance; adjacent text (a slot between literals) stays one piece.
+  assert Template("{x}[P1]{y}:[P0]").fill_pieces(["x", "y"]) == ["x", 1, "y:", 0]
+  assert Template("plain {x}").pseudo_tokens == () and Template("plain {x}").fill_pieces(["x"]) == ["plain x"]
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("[P1] {a}", r"1 pseudo tokens, so they must be \[P0\] to \[P0\].*missing: \['\[P0\]'\]"),
+        ("[P0] {a} [P0]", r"repeated: \['\[P0\]'\], missing: \['\[P1\]'\]"),
+        ("[P0][P2] {a}", r"missing: \['\[P1\]'\]"),
+        ("[P0][P1][P1] {a} [P3]", r"repeated: \['\[P1\]'\], missing: \['\[P2\]'\]"),
+        ("[P01] {a}", r"write it \[P1\]"),
+    ],
+)
+def test_bad_pseudo_tokens_fail_at_construction(text, match):
+  with pytest.raises(ValueError, match=match):
+    Template(text)
+
+
+def test_text_without_pseudo_tokens_keeps_single_spaces():
+  pieces = Template("[P0][P1] {premise} ? [P2] {hypothesis}").fill_pieces(["It rained.", "It was wet."])
+  assert text_without_pseudo_tokens(pieces) == "It rained. ? It was wet."
+  assert text_without_pseudo_tokens(["a", 0, "b"]) == "ab"
+  assert text_without_pseudo_tokens([" lead ", 0, " b"]) == " lead b"  # only the marker's space goes
+
+
+def test_raw_values_keep_lists():
+  assert Template("{tokens}").raw_values({"tokens": ["EU", "rejects"]}, "f:1") == [["EU", "rejects"]]
+  with pytest.raises(DataError, match="f:2: missing field 'tokens'"):
+    Template("{tokens}").raw_values({"words": []}, "f:2")

@@ -1,0 +1,93 @@
+"""The method configs (configs/prefix_tuning.py, p_tuning.py, p_tuning_v2.py, multi_task.py) shrunk
+for tests: tiny random T5 and Llama backbones with their real vocabularies, the real MiniLM encoder,
+the real SST-2 / SuperGLUE files, a batch of 8 on the 2x4 fake-device mesh."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import ml_collections
+
+from configs import multi_task, p_tuning, p_tuning_v2, prefix_tuning
+from tests.assets import minilm_dir, smollm2_gguf
+from tests.conftest import SHARED_DATA
+from tests.run_configs import apply_overrides, localized
+
+# Enough for SST-2 sentences with P-tuning's anchors, which must not be cut.
+_SMALL = {"batch_size": 8, "eval_batch_size": 8, "data.max_input_len": 128, "data.bucket_lengths": (32, 64, 128),
+          "data.max_eval_examples": 16, "mesh.data": 2, "mesh.fsdp": 4, "num_steps": 4, "eval_every": 4,
+          "checkpoint_every": 2, "log_every": 1}
+
+
+def _sst2_files(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The 872-row dev set trains and the test set evaluates: fast to read."""
+  config.data.train.files = (str(SHARED_DATA / "sst2" / "dev.tsv"),)
+  config.data.eval.files = (str(SHARED_DATA / "sst2" / "test.tsv"),)
+  return config
+
+
+def _t5(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  config.model.tokenizer = str(SHARED_DATA / "t5_vocab" / "spiece.model")
+  return config
+
+
+def _tiny_llama(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A random 2-layer Llama with SmolLM2's real tokenizer."""
+  config.model.checkpoint, config.model.size = "", "tiny"
+  config.model.tokenizer = str(smollm2_gguf())
+  return config
+
+
+def _minilm(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  config.model.checkpoint = str(minilm_dir())
+  return config
+
+
+def _small(config: ml_collections.ConfigDict, **overrides) -> ml_collections.ConfigDict:
+  return apply_overrides(localized(config), **{**_SMALL, **overrides})
+
+
+def write_conll(folder: Path) -> tuple[str, str]:
+  """(train, eval) CoNLL files: sentences whose names, organisations and places recur, so that the
+  tags are learnable from the words alone."""
+  people, orgs, places = ["John", "Mary", "Peter Smith", "Anna"], ["Reuters", "the EU", "Siemens"], ["Paris", "Berlin", "New York"]
+  lines = ["-DOCSTART- O", ""]
+  for i in range(48):
+    person, org, place = people[i % 4], orgs[i % 3], places[(i // 3) % 3]
+    words = person.split() + ["told"] + org.split() + ["in"] + place.split() + ["."]
+    tags = (["B-PER"] + ["I-PER"] * (len(person.split()) - 1) + ["O"]
+            + (["O"] if org.startswith("the ") else []) + ["B-ORG"] + ["O"]
+            + ["B-LOC"] + ["I-LOC"] * (len(place.split()) - 1) + ["O"])
+    lines += [f"{w} {t}" for w, t in zip(words, tags, strict=True)] + [""]
+  train, evaluation = folder / "train.txt", folder / "eval.txt"
+  train.write_text("\n".join(lines))
+  evaluation.write_text("\n".join(lines[:2] + lines[2 : 2 + 8 * 9]))
+  return str(train), str(evaluation)
+
+
+def conll_config(folder: Path, **overrides) -> ml_collections.ConfigDict:
+  train, evaluation = write_conll(folder)
+  config = _minilm(p_tuning_v2.get_config("task=conll2003"))
+  config.data.train.files, config.data.eval.files = (train,), (evaluation,)
+  return _small(config, **{"prompt.length": 4, "optimizer.learning_rate": 3e-2, **overrides})
+
+
+CASES: dict[str, Callable[..., ml_collections.ConfigDict]] = {
+    # Every attention kind of T5, with the MLP reparameterisation.
+    "prefix_tuning-t5": lambda **o: _small(_t5(_sst2_files(prefix_tuning.get_config("size=tiny,data=local"))), **o),
+    "prefix_tuning-llama": lambda **o: _small(_tiny_llama(_sst2_files(prefix_tuning.get_config("model=smollm,data=local"))),
+                                              **{"prompt.length": 4, "prompt.reparam_hidden": 16,
+                                                 "optimizer.learning_rate": 1e-2, **o}),
+    "p_tuning-t5": lambda **o: _small(_t5(_sst2_files(p_tuning.get_config("model=t5,size=tiny,data=local"))),
+                                      **{"optimizer.learning_rate": 3e-2, **o}),
+    "p_tuning-llama": lambda **o: _small(_tiny_llama(_sst2_files(p_tuning.get_config("data=local"))),
+                                         **{"optimizer.learning_rate": 3e-2, **o}),
+    "p_tuning_v2-bert": lambda **o: _small(_minilm(_sst2_files(p_tuning_v2.get_config("task=sst2,data=local"))),
+                                           **{"prompt.length": 4, "optimizer.learning_rate": 3e-2, **o}),
+    "p_tuning_v2-llama": lambda **o: _small(_tiny_llama(_sst2_files(p_tuning.get_config("data=local"))), **{
+        "prompt.method": "p_tuning_v2", "prompt.length": 4, "task.template": "Review: {sentence} Sentiment:",
+        "loss_over": "vocabulary", "optimizer.learning_rate": 3e-2, **o}),
+    "multi_task-t5": lambda **o: _small(_t5(multi_task.get_config("size=tiny,tasks=cb+rte,data=local")),
+                                        **{"data.max_input_len": 256, "data.bucket_lengths": (64, 128, 256), **o}),
+}
