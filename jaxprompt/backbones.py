@@ -72,7 +72,8 @@ class Backbone:
   def check_method(self, method: str) -> None:
     if method not in _METHODS[self.family]:
       raise ValueError(
-          f"config.prompt.method={method!r} does not apply to a {self.family} backbone; it takes {_METHODS[self.family]}"
+          f"config.prompt.method={method!r} does not apply to a {self.family} backbone;"
+          f" it takes {_METHODS[self.family]}"
       )
 
   def attention_shapes(self, kinds: tuple[str, ...], key: str) -> tuple[AttentionShape, ...]:
@@ -89,7 +90,9 @@ class Backbone:
     by_kind = {shape.kind: shape for shape in every}
     unknown = [k for k in kinds if k not in by_kind]
     if unknown:
-      raise ValueError(f"{key}={kinds}: a {self.family} backbone has the attention kinds {tuple(by_kind)}, not {unknown}")
+      raise ValueError(
+          f"{key}={kinds}: a {self.family} backbone has the attention kinds {tuple(by_kind)}, not {unknown}"
+      )
     return tuple(by_kind[k] for k in kinds) if kinds else every
 
   @property

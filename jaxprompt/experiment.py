@@ -61,12 +61,14 @@ def tasks_from_config(config: ml_collections.ConfigDict) -> tuple[TaskData, ...]
     missing = {"task", "train", "eval"} - set(entry)
     if missing:
       raise ValueError(f"config.mixture.{name} needs task, train and eval; {sorted(missing)} missing")
-    tasks.append(TaskData(name, task_spec.task_spec_from_config(entry.task),
-                          task_spec.data_source_from_config(entry.train), task_spec.data_source_from_config(entry.eval)))
+    train, eval_ = (task_spec.data_source_from_config(entry[s]) for s in ("train", "eval"))
+    tasks.append(TaskData(name, task_spec.task_spec_from_config(entry.task), train, eval_))
   return tuple(tasks)
 
 
-def make_method(prompt: ml_collections.ConfigDict, backbone: Backbone, tasks: tuple[TaskData, ...]) -> PromptMethod | None:
+def make_method(
+    prompt: ml_collections.ConfigDict, backbone: Backbone, tasks: tuple[TaskData, ...]
+) -> PromptMethod | None:
   """The prompt method module (None for "none"); its initialiser may read the embedding table."""
   if prompt.method not in METHODS:
     raise ValueError(f"config.prompt.method={prompt.method!r} is not one of {METHODS}")
@@ -81,7 +83,9 @@ def make_method(prompt: ml_collections.ConfigDict, backbone: Backbone, tasks: tu
     tagging = bool(task.spec.token_label_names)
     num_labels = len(task.spec.token_label_names) if tagging else task.spec.num_classes
     if not num_labels:
-      raise ValueError(f"config.prompt.method='p_tuning_v2' trains a classification head: task {task.spec.name!r} has no classes")
+      raise ValueError(
+          f"config.prompt.method='p_tuning_v2' trains a classification head: task {task.spec.name!r} has no classes"
+      )
     return DeepPromptWithHead(prompt.length, shapes, backbone.embed_dim, num_labels, "token" if tagging else "sequence")
   if prompt.method == "p_tuning":
     (task,) = _single(tasks, "p_tuning")

@@ -20,7 +20,9 @@ from jaxprompt.models.llama import Llama
 from jaxprompt.steps import Batch, class_cross_entropy
 
 
-def _features(model: nn.Module, frozen: Any, batch: Batch, prompt, token_level: bool, rng: jax.Array | None) -> jax.Array:
+def _features(
+    model: nn.Module, frozen: Any, batch: Batch, prompt, token_level: bool, rng: jax.Array | None
+) -> jax.Array:
   if isinstance(model, Bert):
     rngs = None if model.deterministic else {"dropout": rng}  # P-tuning v2 trains with the encoder's dropout
     out = model.apply(frozen, batch["inputs"], batch["input_mask"], None, prompt, rngs=rngs)

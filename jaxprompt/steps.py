@@ -39,7 +39,9 @@ def token_log_likelihood(logits_BxTxV: jax.Array, targets_BxT: jax.Array, mask_B
   return jnp.sum(token_logp_BxT * mask_BxT, axis=-1)
 
 
-def class_cross_entropy(logits_NxC: jax.Array, labels_N: jax.Array, weights_N: jax.Array) -> tuple[jax.Array, jax.Array]:
+def class_cross_entropy(
+    logits_NxC: jax.Array, labels_N: jax.Array, weights_N: jax.Array
+) -> tuple[jax.Array, jax.Array]:
   """(summed cross-entropy, count) over the weighted entries (any leading shape N); labels of
   unweighted entries (e.g. -1) are ignored."""
   logp = jax.nn.log_softmax(logits_NxC.astype(jnp.float32), axis=-1)

@@ -44,9 +44,12 @@ class MultiTaskPrompt(nn.Module):
   def __call__(self, batch: dict[str, jax.Array]) -> Prompt:
     d, t = self.embed_dim, self.num_tasks
     axes = ("prompt", "prompt_embed")
-    shared_PxD = self.param("shared", nn.with_logical_partitioning(self.initializer, axes), (self.shared_length, d), jnp.float32)
-    bank_init = lambda rng, shape, dtype=jnp.float32: self.initializer(rng, (t * shape[1], d), dtype).reshape(shape)
-    tasks_TxPxD = self.param("tasks", nn.with_logical_partitioning(bank_init, (None,) + axes), (t, self.task_length, d), jnp.float32)
+    shared_init = nn.with_logical_partitioning(self.initializer, axes)
+    shared_PxD = self.param("shared", shared_init, (self.shared_length, d), jnp.float32)
+    # The task bank [T, P, D] drawn as T*P rows of the same initialiser.
+    bank = lambda rng, shape, dtype=jnp.float32: self.initializer(rng, (t * shape[1], d), dtype).reshape(shape)
+    bank_init = nn.with_logical_partitioning(bank, (None,) + axes)
+    tasks_TxPxD = self.param("tasks", bank_init, (t, self.task_length, d), jnp.float32)
     # Padding rows carry task id -1; any task will do for them.
     per_example_BxPxD = jnp.take(tasks_TxPxD, jnp.clip(batch["task_id"], 0, t - 1), axis=0)
     shared_BxPxD = jnp.broadcast_to(shared_PxD, (per_example_BxPxD.shape[0],) + shared_PxD.shape)

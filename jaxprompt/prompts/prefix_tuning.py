@@ -50,7 +50,8 @@ class PrefixBank(nn.Module):
     s, p = self.shape, self.length
     if not self.reparam_hidden:
       # N(0, 1), as P-tuning v2 and PEFT initialise prefixes used directly as keys/values.
-      init = nn.with_logical_partitioning(nn.initializers.normal(1.0), ("prefix_layers", "prompt", "prefix_heads", "kv"))
+      axes = ("prefix_layers", "prompt", "prefix_heads", "kv")
+      init = nn.with_logical_partitioning(nn.initializers.normal(1.0), axes)
       keys = self.param("keys", init, (s.num_layers, p, s.num_heads, s.head_dim), jnp.float32)
       values = self.param("values", init, (s.num_layers, p, s.num_heads, s.head_dim), jnp.float32)
       return keys, values
