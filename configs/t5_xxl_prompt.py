@@ -18,7 +18,9 @@ from configs import t5_prompt
 def get_config(arg: str | None = None):
   config = t5_prompt.get_config(",".join(filter(None, ["size=xxl", arg])))
   config.model.checkpoint = "google/t5-xxl-lm-adapt"  # the paper's backbone
-  config.model.remat_policy = "dots_no_batch"  # keep projections, recompute attention: fits 16 GiB chips
+  # Keep projections, recompute the rest: 11.8 GiB a chip on 16 chips. On 4 x 32 GiB (v4-8) or
+  # 8 x 16 GiB (v5e-8) use "full" (25.4 / 13.5 GiB): python -m jaxprompt.plan, BENCHMARKS.md.
+  config.model.remat_policy = "dots_no_batch"
   config.prompt.length = 100
   config.prompt.init = "class_labels"
   config.batch_size = 32

@@ -8,6 +8,7 @@ import pytest
 
 from jaxprompt import experiment, sharding, steps
 from jaxprompt.checkpoint import CheckpointMismatchError
+from jaxprompt.evaluation import load_prompt_params
 from jaxprompt.tasks import pipeline
 from jaxprompt.training import train_and_evaluate
 from tests.run_configs import tiny_config, workdir_files
@@ -123,6 +124,19 @@ def test_restoring_onto_another_backbone_fails(finished_run):
   workdir, _ = finished_run
   with pytest.raises(CheckpointMismatchError, match="backbone weights differ at"):
     train_and_evaluate(tiny_config(**{"model.init_seed": 1}), str(workdir))
+
+
+def test_a_checkpoint_restores_onto_a_smaller_mesh(finished_run):
+  """Saved from the 2 x 4 mesh of 8 devices, restored onto 4 devices (data=2, fsdp=2): the same prompt."""
+  workdir, _ = finished_run
+  config = tiny_config()
+  saved = experiment.build(config)
+  _, on_eight, _ = load_prompt_params(saved, str(workdir / "checkpoints" / "6"))
+  config.mesh.data, config.mesh.fsdp = 2, 2
+  small = experiment.build(config, mesh=sharding.make_mesh(config.mesh.to_dict(), devices=jax.devices()[:4]))
+  _, on_four, _ = load_prompt_params(small, str(workdir / "checkpoints" / "6"))
+  assert on_four["embeddings"].sharding.mesh.devices.size == 4
+  np.testing.assert_array_equal(_host(on_four)["embeddings"], _host(on_eight)["embeddings"])
 
 
 def test_an_unfinished_checkpoint_is_ignored(finished_run):

@@ -1,10 +1,13 @@
 """`python -m jaxprompt.train` and `python -m jaxprompt.evaluate` as real processes: an end-to-end
-run on the SST-2 files, a run killed with SIGKILL and resumed, and a SIGTERM preemption."""
+run on the SST-2 files, a run killed with SIGKILL and resumed, a SIGTERM preemption, and a run of two
+processes of four devices each (multi-host on loopback)."""
 
 from __future__ import annotations
 
 import json
+import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -145,3 +148,39 @@ def test_superglue_multirc_end_to_end(tmp_path):
   out = _run([sys.executable, "-m", "jaxprompt.evaluate", *config_args, f"--prompt={tmp_path / 'checkpoints' / '4'}"]).stdout
   metrics = json.loads(out[out.index("{"):])
   assert metrics["eval/f1a"] == evals[-1]["eval/f1a"] and metrics["eval/em"] == evals[-1]["eval/em"]
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_of_four_devices_train_and_resume_as_one_of_eight(straight_run, tmp_path):
+  """Multi-host on loopback: 2 processes x 4 CPU devices, the coordinator on 127.0.0.1, each
+  process feeding its half of every global batch; 3 steps, checkpointed, then resumed to 6. The
+  losses and the prompt are the single 8-device process's (up to the order of cross-process sums)."""
+  env = dict(os.environ, XLA_FLAGS=os.environ["XLA_FLAGS"].replace("device_count=8", "device_count=4"))
+
+  def run_both(num_steps: int) -> None:
+    port = _free_port()
+    processes = [
+        subprocess.Popen(
+            _train_command(tmp_path, num_steps)
+            + [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
+            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        for i in range(2)
+    ]
+    for process in processes:
+      _, stderr = process.communicate(timeout=600)
+      assert process.returncode == 0, stderr[-3000:]
+
+  run_both(3)
+  assert max(_finished_steps(tmp_path)) == 3
+  run_both(6)
+  losses, reference = _losses(tmp_path), _losses(straight_run)
+  assert sorted(losses) == sorted(reference) == list(range(1, 7))
+  np.testing.assert_allclose([losses[s] for s in range(1, 7)], [reference[s] for s in range(1, 7)], rtol=1e-5)
+  np.testing.assert_allclose(np.load(tmp_path / "prompts" / "step_6.npy"),
+                             np.load(straight_run / "prompts" / "step_6.npy"), atol=1e-5)

@@ -1,0 +1,149 @@
+"""`python -m jaxprompt.plan --config=configs/t5_xxl_prompt.py --mesh=data:1,fsdp:4,tensor:1`: will
+a run fit, before reserving the machines?
+
+Compiles the config's real train step for the target mesh on simulated CPU devices, with abstract
+inputs (no weights are read or allocated), and reports per-device memory from XLA's
+`memory_analysis()`, the compile time, and the compiled FLOPs (`cost_analysis()`). Options that
+change memory are ordinary config keys: `--config.model.remat_policy=full`,
+`--config.num_microbatches=4`, `--config.batch_size=32`. The memory is what XLA's CPU compiler plans
+for the same program; TPU and GPU compilers fuse and schedule differently, so treat it as an
+estimate of the accelerator's (weights and optimizer state exactly, activations roughly).
+
+Only T5 (`model.size` presets) is planned: the backbone comes from its size, not its checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+
+def parse_mesh(text: str) -> dict[str, int]:
+  """'data:1,fsdp:4,tensor:1' -> {"data": 1, "fsdp": 4, "tensor": 1}; every size explicit."""
+  sizes = {}
+  for item in filter(None, text.split(",")):
+    name, _, size = item.partition(":")
+    if name not in MESH_AXES or not size.isdigit() or int(size) < 1:
+      raise ValueError(f"--mesh={text!r}: expected comma-separated axis:size with axes from {MESH_AXES}")
+    sizes[name] = int(size)
+  return {name: sizes.get(name, 1) for name in MESH_AXES}
+
+
+def _mesh_argument(argv: list[str]) -> str:
+  for i, arg in enumerate(argv):
+    if arg.startswith("--mesh="):
+      return arg.split("=", 1)[1]
+    if arg == "--mesh" and i + 1 < len(argv):
+      return argv[i + 1]
+  return "data:1,fsdp:1,tensor:1"
+
+
+if __name__ == "__main__":
+  # The simulated devices must exist before JAX starts, so the mesh is read ahead of absl's flags.
+  _devices = math.prod(parse_mesh(_mesh_argument(sys.argv)).values())
+  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={_devices}"
+  os.environ["JAX_PLATFORMS"] = "cpu"
+
+import json  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
+from absl import app, flags  # noqa: E402
+from jax.sharding import NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from jaxprompt import experiment  # noqa: E402
+from jaxprompt import sharding as sharding_lib  # noqa: E402
+from jaxprompt.backbones import Backbone  # noqa: E402
+from jaxprompt.models.t5_config import T5Config  # noqa: E402
+from jaxprompt.optimizers import make_optimizer  # noqa: E402
+from jaxprompt.weights.t5_loader import abstract_t5_params  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file (configs/*.py[:args]).")
+_MESH = flags.DEFINE_string("mesh", "data:1,fsdp:1,tensor:1", "Target mesh, e.g. data:1,fsdp:4,tensor:1.")
+_DEVICE_MEMORY_GIB = flags.DEFINE_float("device_memory_gib", 0.0, "Per-device memory, to say whether it fits.")
+
+GIB = 2.0**30
+
+
+def abstract_experiment(config: ml_collections.ConfigDict, mesh) -> experiment.Experiment:
+  """The run's Experiment with a T5 backbone of abstract, sharded weights (nothing allocated)."""
+  model = config.model
+  if model.family != "t5":
+    raise ValueError(f"config.model.family={model.family!r}: the planner builds T5 backbones from their size")
+  t5 = T5Config.preset(model.size, param_dtype=model.param_dtype, dtype=model.dtype, scan_layers=model.scan_layers,
+                       remat_policy=model.remat_policy, dropout_rate=model.dropout_rate)
+  frozen = {"params": sharding_lib.abstract_with_shardings(abstract_t5_params(t5), mesh, tuple(config.rules))}
+  backbone = Backbone("t5", t5, frozen, tokenizer=None, codec=None)
+  tasks = experiment.tasks_from_config(config)
+  prompt = config.prompt.copy_and_resolve_references()
+  prompt.init = "uniform"  # the vocabulary-based inits read weights the planner does not have
+  method = experiment.make_method(prompt, backbone, tasks)
+  optimizer, schedule = make_optimizer(config.optimizer, config.num_steps)
+  return experiment.Experiment(config, mesh, backbone, tasks, method, optimizer, schedule)
+
+
+def abstract_batch(config: ml_collections.ConfigDict, sharding: NamedSharding) -> dict[str, jax.ShapeDtypeStruct]:
+  """A training batch's shapes at the longest input bucket (the pipeline's batch keys)."""
+  b, length, targets = config.batch_size, config.data.max_input_len, config.data.max_target_len
+  shapes = {
+      "inputs": ((b, length), jnp.int32), "input_mask": ((b, length), jnp.bool_),
+      "targets": ((b, targets), jnp.int32), "target_mask": ((b, targets), jnp.bool_),
+      "label": ((b,), jnp.int32), "group": ((b,), jnp.int32), "example_mask": ((b,), jnp.bool_),
+      "soft_positions": ((b, length), jnp.int32), "task_id": ((b,), jnp.int32),
+      "token_labels": ((b, length), jnp.int32),
+  }
+  return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding) for k, (shape, dtype) in shapes.items()}
+
+
+def plan(config: ml_collections.ConfigDict, mesh_sizes: dict[str, int]) -> dict:
+  """Compiles the train step for `mesh_sizes` and reports its memory, compile time and FLOPs."""
+  mesh = sharding_lib.make_mesh(mesh_sizes)
+  exp = abstract_experiment(config, mesh)
+  state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), exp.abstract_state())
+  batch = abstract_batch(config, exp.batch_sharding)
+  rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=NamedSharding(mesh, P()))
+  with sharding_lib.activate(exp.mesh, exp.rules):
+    start = time.perf_counter()
+    compiled = exp.train_step().lower(state, exp.frozen, batch, rng).compile()
+    compile_s = time.perf_counter() - start
+  memory = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  arguments, temporaries = memory.argument_size_in_bytes, memory.temp_size_in_bytes
+  outputs, aliased = memory.output_size_in_bytes, memory.alias_size_in_bytes
+  frozen_bytes = sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(exp.frozen))
+  return {
+      "model": f"t5-{config.model.size}", "mesh": mesh_sizes, "devices": mesh.size,
+      "batch_size": config.batch_size, "num_microbatches": config.num_microbatches,
+      "tokens": f"{config.prompt.length}+{config.data.max_input_len}/{config.data.max_target_len}",
+      "remat_policy": config.model.remat_policy, "param_dtype": config.model.param_dtype,
+      "frozen_weights_gib_per_device": round(frozen_bytes / GIB, 3),
+      "arguments_gib_per_device": round(arguments / GIB, 3),
+      "temporaries_gib_per_device": round(temporaries / GIB, 3),
+      # Donated state is both an argument and an output: count it once.
+      "peak_gib_per_device": round((arguments + outputs - aliased + temporaries) / GIB, 3),
+      "compile_s": round(compile_s, 1),
+      "compiled_gflops_per_device": round(float(cost.get("flops", 0.0)) / 1e9, 3),
+  }
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  report = plan(_CONFIG.value, parse_mesh(_MESH.value))
+  if _DEVICE_MEMORY_GIB.value:
+    report["device_memory_gib"] = _DEVICE_MEMORY_GIB.value
+    report["fits"] = report["peak_gib_per_device"] <= _DEVICE_MEMORY_GIB.value
+  print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+  app.run(main)

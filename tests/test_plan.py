@@ -1,0 +1,58 @@
+"""The ahead-of-time planner: the real train step compiled for a mesh from abstract inputs."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import pytest
+
+from jaxprompt import distributed
+from jaxprompt.models.t5_config import T5Config
+from jaxprompt.plan import parse_mesh, plan
+from jaxprompt.weights.t5_loader import abstract_t5_params
+from tests.run_configs import tiny_config
+
+MESH = {"data": 2, "fsdp": 4, "tensor": 1}
+
+
+def test_the_plan_counts_the_sharded_weights_and_shrinks_with_remat():
+  config = tiny_config(**{"data.max_input_len": 64, "batch_size": 16})
+  plain = plan(config, MESH)
+  params = jax.tree.leaves(abstract_t5_params(T5Config.preset("tiny", param_dtype="float32")))
+  total_bytes = sum(math.prod(p.shape) * 4 for p in params)  # float32
+  # fsdp=4 splits every weight with an embed axis; the few without one (norm scales excepted) stay whole.
+  assert total_bytes / 4 <= plain["frozen_weights_gib_per_device"] * 2**30 < total_bytes
+  assert plain["peak_gib_per_device"] > plain["arguments_gib_per_device"] > 0
+  assert plain["compiled_gflops_per_device"] > 0
+
+  config.model.remat_policy = "full"
+  remat = plan(config, MESH)
+  assert remat["temporaries_gib_per_device"] < plain["temporaries_gib_per_device"]
+  assert remat["frozen_weights_gib_per_device"] == plain["frozen_weights_gib_per_device"]
+
+
+def test_mesh_argument():
+  assert parse_mesh("fsdp:4") == {"data": 1, "fsdp": 4, "tensor": 1}
+  with pytest.raises(ValueError, match="axis:size"):
+    parse_mesh("fsdp=4")
+
+
+def test_distributed_starts_only_when_asked_or_launched_as_one_of_many(monkeypatch):
+  for key in ("TPU_WORKER_HOSTNAMES", "SLURM_NTASKS", "SLURM_JOB_ID", "SLURM_NTASKS_PER_NODE", "SLURM_GPUS_ON_NODE",
+              "OMPI_COMM_WORLD_SIZE", "JAX_COORDINATOR_ADDRESS"):
+    monkeypatch.delenv(key, raising=False)
+  assert distributed.launched_as_one_of_many() is None
+  distributed.initialize()  # one process: nothing starts
+  monkeypatch.setenv("SLURM_JOB_ID", "7")
+  monkeypatch.setenv("SLURM_NTASKS", "4")
+  assert distributed.launched_as_one_of_many() == "SLURM"
+  monkeypatch.setenv("SLURM_GPUS_ON_NODE", "8")
+  assert distributed.slurm_node_gpus() is None  # one process per GPU: JAX's default
+  monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "1")
+  assert distributed.slurm_node_gpus() == list(range(8))  # one process drives the node's 8 GPUs
+  monkeypatch.setenv("SLURM_NTASKS", "1")
+  monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "10.0.0.1,10.0.0.2")
+  assert distributed.launched_as_one_of_many() == "a TPU pod slice"
+  with pytest.raises(ValueError, match="together"):
+    distributed.initialize("127.0.0.1:1234", 2)
