@@ -13,10 +13,11 @@ killed mid-save is never picked up (and is deleted when the manager opens).
 
 from __future__ import annotations
 
+import io
 import math
-from pathlib import Path
 from typing import Any
 
+from etils import epath
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -74,9 +75,9 @@ def check_compatible(saved: dict[str, Any], current: dict[str, Any], where: str)
 class PromptCheckpoints:
   """The Orbax CheckpointManager of one run: save, find, restore, export."""
 
-  def __init__(self, workdir: str | Path, keep: int, best_metric: str | None, best_mode: str = "max",
+  def __init__(self, workdir: str | epath.PathLike, keep: int, best_metric: str | None, best_mode: str = "max",
                asynchronous: bool = True):
-    self.workdir = Path(workdir)
+    self.workdir = epath.Path(workdir)
     self.best_metric = best_metric
     policies = [checkpoint_managers.LatestN(n=keep)]
     if best_metric:
@@ -91,7 +92,10 @@ class PromptCheckpoints:
         best_fn=(lambda metrics: metrics[best_metric]) if best_metric else None,
         best_mode=best_mode,
     )
-    self.manager = ocp.CheckpointManager((self.workdir / "checkpoints").absolute(), options=options)
+    directory = self.workdir / "checkpoints"
+    # Orbax wants an absolute path; a gs:// one already is (absolute() would make it a local folder).
+    directory = directory if "://" in str(directory) else directory.absolute()
+    self.manager = ocp.CheckpointManager(directory, options=options)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -126,25 +130,28 @@ class PromptCheckpoints:
     self.manager.close()
 
 
-def export_prompt(workdir: str | Path, name: str, arrays: dict[str, np.ndarray]) -> Path:
+def export_prompt(workdir: str | epath.PathLike, name: str, arrays: dict[str, np.ndarray]) -> epath.Path:
   """Writes a method's export as prompts/<name>.npy (a soft prompt) or .npz (several arrays, e.g.
-  per-layer keys/values), float32, on process 0 only."""
+  per-layer keys/values), float32, on process 0 only. The workdir may be a gs:// bucket."""
   arrays = {k: np.asarray(jax.device_get(v), np.float32) for k, v in arrays.items()}
   single = list(arrays) == ["embeddings"]
-  path = Path(workdir) / "prompts" / f"{name}.{'npy' if single else 'npz'}"
+  path = epath.Path(workdir) / "prompts" / f"{name}.{'npy' if single else 'npz'}"
   if jax.process_index() == 0:
     path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()  # numpy writes to a local buffer; the path may be remote
     if single:
-      np.save(path, arrays["embeddings"])
+      np.save(buffer, arrays["embeddings"])
     else:
-      np.savez(path, **arrays)
+      np.savez(buffer, **arrays)
+    path.write_bytes(buffer.getvalue())
   return path
 
 
-def load_export(path: str | Path) -> dict[str, np.ndarray]:
+def load_export(path: str | epath.PathLike) -> dict[str, np.ndarray]:
   """The arrays of an exported prompt (.npy: a soft prompt; .npz: named arrays)."""
-  path = Path(path)
+  path = epath.Path(path)
+  buffer = io.BytesIO(path.read_bytes())
   if path.suffix == ".npy":
-    return {"embeddings": np.load(path)}
-  with np.load(path) as data:
+    return {"embeddings": np.load(buffer)}
+  with np.load(buffer) as data:
     return {k: data[k] for k in data.files}

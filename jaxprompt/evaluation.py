@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
+from etils import epath
 import jax
 import ml_collections
 import numpy as np
@@ -126,7 +126,7 @@ def load_prompt_params(exp: experiment.Experiment, path: str) -> tuple[Any, Any,
   An export (.npy / .npz) holds the collapsed prompt, so it comes with the method's collapsed form;
   a checkpoint holds the full trainable state of the method itself.
   """
-  path = Path(path)
+  path = epath.Path(path)
   fresh = exp.init_params(jax.random.key(0))
   if path.suffix in (".npy", ".npz"):
     arrays = load_export(path)

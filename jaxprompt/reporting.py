@@ -8,38 +8,45 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
 from typing import TextIO
 
+from etils import epath
 import jax
 
 
 class MetricsWriter:
-  """Scalars to TensorBoard (tensorboardX, no TensorFlow needed) and one JSON line per write."""
+  """Scalars to TensorBoard (tensorboardX, no TensorFlow needed; a gs:// workdir needs the
+  google-cloud-storage package) and one JSON line per write in metrics.jsonl.
 
-  def __init__(self, workdir: str | Path, enabled: bool | None = None):
+  The JSON lines are kept and the file rewritten whole at each write: object stores (gs://) cannot
+  append, and a run logs a few hundred lines.
+  """
+
+  def __init__(self, workdir: str | epath.PathLike, enabled: bool | None = None):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self._tensorboard = None
-    self._jsonl: TextIO | None = None
+    workdir = epath.Path(workdir)
+    self._jsonl = workdir / "metrics.jsonl"
+    self._lines: list[str] = []
     if self.enabled:
       from tensorboardX import SummaryWriter
 
-      Path(workdir).mkdir(parents=True, exist_ok=True)
-      self._tensorboard = SummaryWriter(str(Path(workdir) / "tensorboard"))
-      self._jsonl = open(Path(workdir) / "metrics.jsonl", "a", encoding="utf-8")
+      workdir.mkdir(parents=True, exist_ok=True)
+      self._tensorboard = SummaryWriter(str(workdir / "tensorboard"))
+      if self._jsonl.exists():  # a resumed run goes on after the earlier lines
+        self._lines = self._jsonl.read_text(encoding="utf-8").splitlines(keepends=True)
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
     if not self.enabled:
       return
     for name, value in metrics.items():
       self._tensorboard.add_scalar(name, value, step)
-    self._jsonl.write(json.dumps({"step": step, **{k: float(v) for k, v in metrics.items()}}) + "\n")
-    self._jsonl.flush()
+    self._lines.append(json.dumps({"step": step, **{k: float(v) for k, v in metrics.items()}}) + "\n")
+    self._jsonl.write_text("".join(self._lines), encoding="utf-8")
 
   def close(self) -> None:
     if self.enabled:
       self._tensorboard.close()
-      self._jsonl.close()
 
 
 class Progress:

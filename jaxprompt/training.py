@@ -10,9 +10,9 @@ import logging
 import math
 import signal
 import threading
-from pathlib import Path
 from typing import Any
 
+from etils import epath
 import jax
 import ml_collections
 from jax.experimental import multihost_utils
@@ -85,7 +85,7 @@ def _host_metrics(step: int, metrics: dict[str, jax.Array]) -> dict[str, float]:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains the prompt; returns the last eval metrics and the best prompt's step and value."""
-  workdir = Path(workdir)
+  workdir = epath.Path(workdir)  # a local folder or a gs:// bucket
   exp = experiment.build(config)
   train_features = experiment.train_features(exp)
   eval_features = experiment.eval_features(exp)

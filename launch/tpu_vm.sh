@@ -111,10 +111,10 @@ install() {
   if [[ $# -ge 1 ]]; then
     fetch="rm -rf ~/$REMOTE_DIR && git clone --depth=1 ${2:+--branch=$(printf %q "$2") }$(printf %q "$1") ~/$REMOTE_DIR"
   else
-    local tgz
-    tgz="$(mktemp -d)/jaxprompt.tgz"
-    pack "$tgz"
-    gc compute tpus tpu-vm scp "$tgz" "$TPU_NAME:" --zone="$ZONE" --worker=all
+    pack_dir=$(mktemp -d)  # global: the EXIT trap runs after this function has returned
+    trap 'rm -rf "$pack_dir"' EXIT
+    pack "$pack_dir/jaxprompt.tgz"
+    gc compute tpus tpu-vm scp "$pack_dir/jaxprompt.tgz" "$TPU_NAME:" --zone="$ZONE" --worker=all
     fetch="rm -rf ~/$REMOTE_DIR && mkdir -p ~/$REMOTE_DIR && tar -xzf ~/jaxprompt.tgz -C ~/$REMOTE_DIR && rm ~/jaxprompt.tgz"
   fi
   # uv (from PyPI, into ~/.local; PIP_BREAK_SYSTEM_PACKAGES lets that pass on images that mark the
