@@ -15,9 +15,7 @@ import argparse
 import datetime
 import json
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import flax.linen as nn
@@ -27,19 +25,9 @@ import numpy as np
 import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.t5_forward_backward import machine, make_loss  # noqa: E402
+from bench.t5_forward_backward import machine, make_loss, time_call  # noqa: E402
 from jaxprompt.models.t5 import T5  # noqa: E402
 from jaxprompt.models.t5_config import T5Config  # noqa: E402
-
-
-def median_seconds(step, repeats: int) -> float:
-  step()  # warm-up (compiles ours)
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def main() -> None:
@@ -80,7 +68,7 @@ def main() -> None:
     holder["state"], value = step(holder["state"], params, ids, mask, labels)
     jax.block_until_ready(value)
 
-  ours_s = median_seconds(ours, args.repeats)
+  ours_s = time_call(ours, repeats=args.repeats)  # median after a warm-up (the compile)
 
   # PEFT on transformers' PyTorch T5, the same dimensions.
   import peft
@@ -109,7 +97,7 @@ def main() -> None:
     torch_optimizer.step()
     torch_optimizer.zero_grad()
 
-  peft_s = median_seconds(theirs, args.repeats)
+  peft_s = time_call(theirs, repeats=args.repeats)
 
   tokens = args.batch * (args.prompt_len + args.input_len + args.target_len)
   print(json.dumps({

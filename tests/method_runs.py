@@ -12,19 +12,12 @@ import ml_collections
 from configs import multi_task, p_tuning, p_tuning_v2, prefix_tuning
 from tests.assets import minilm_dir, smollm2_gguf
 from tests.conftest import SHARED_DATA
-from tests.run_configs import apply_overrides, localized
+from tests.run_configs import apply_overrides, localized, small_sst2_files
 
 # Enough for SST-2 sentences with P-tuning's anchors, which must not be cut.
 _SMALL = {"batch_size": 8, "eval_batch_size": 8, "data.max_input_len": 128, "data.bucket_lengths": (32, 64, 128),
           "data.max_eval_examples": 16, "mesh.data": 2, "mesh.fsdp": 4, "num_steps": 4, "eval_every": 4,
           "checkpoint_every": 2, "log_every": 1}
-
-
-def _sst2_files(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The 872-row dev set trains and the test set evaluates: fast to read."""
-  config.data.train.files = (str(SHARED_DATA / "sst2" / "dev.tsv"),)
-  config.data.eval.files = (str(SHARED_DATA / "sst2" / "test.tsv"),)
-  return config
 
 
 def _t5(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -75,17 +68,17 @@ def conll_config(folder: Path, **overrides) -> ml_collections.ConfigDict:
 
 CASES: dict[str, Callable[..., ml_collections.ConfigDict]] = {
     # Every attention kind of T5, with the MLP reparameterisation.
-    "prefix_tuning-t5": lambda **o: _small(_t5(_sst2_files(prefix_tuning.get_config("size=tiny,data=local"))), **o),
-    "prefix_tuning-llama": lambda **o: _small(_tiny_llama(_sst2_files(prefix_tuning.get_config("model=smollm,data=local"))),
+    "prefix_tuning-t5": lambda **o: _small(_t5(small_sst2_files(prefix_tuning.get_config("size=tiny,data=local"))), **o),
+    "prefix_tuning-llama": lambda **o: _small(_tiny_llama(small_sst2_files(prefix_tuning.get_config("model=smollm,data=local"))),
                                               **{"prompt.length": 4, "prompt.reparam_hidden": 16,
                                                  "optimizer.learning_rate": 1e-2, **o}),
-    "p_tuning-t5": lambda **o: _small(_t5(_sst2_files(p_tuning.get_config("model=t5,size=tiny,data=local"))),
+    "p_tuning-t5": lambda **o: _small(_t5(small_sst2_files(p_tuning.get_config("model=t5,size=tiny,data=local"))),
                                       **{"optimizer.learning_rate": 3e-2, **o}),
-    "p_tuning-llama": lambda **o: _small(_tiny_llama(_sst2_files(p_tuning.get_config("data=local"))),
+    "p_tuning-llama": lambda **o: _small(_tiny_llama(small_sst2_files(p_tuning.get_config("data=local"))),
                                          **{"optimizer.learning_rate": 3e-2, **o}),
-    "p_tuning_v2-bert": lambda **o: _small(_minilm(_sst2_files(p_tuning_v2.get_config("task=sst2,data=local"))),
+    "p_tuning_v2-bert": lambda **o: _small(_minilm(small_sst2_files(p_tuning_v2.get_config("task=sst2,data=local"))),
                                            **{"prompt.length": 4, "optimizer.learning_rate": 3e-2, **o}),
-    "p_tuning_v2-llama": lambda **o: _small(_tiny_llama(_sst2_files(p_tuning.get_config("data=local"))), **{
+    "p_tuning_v2-llama": lambda **o: _small(_tiny_llama(small_sst2_files(p_tuning.get_config("data=local"))), **{
         "prompt.method": "p_tuning_v2", "prompt.length": 4, "task.template": "Review: {sentence} Sentiment:",
         "loss_over": "vocabulary", "optimizer.learning_rate": 3e-2, **o}),
     "multi_task-t5": lambda **o: _small(_t5(multi_task.get_config("size=tiny,tasks=cb+rte,data=local")),

@@ -16,9 +16,8 @@ def tiny_config(task: str = "sst2", **overrides) -> ml_collections.ConfigDict:
   """configs/t5_prompt.py:size=tiny with absolute data paths and small eval sets."""
   config = t5_prompt.get_config(f"size=tiny,task={task},data=local")
   config.model.tokenizer = str(SHARED_DATA / "t5_vocab" / "spiece.model")
-  if task == "sst2":  # the 872-row dev set trains; the test set evaluates: fast to read
-    config.data.train.files = (str(SHARED_DATA / "sst2" / "dev.tsv"),)
-    config.data.eval.files = (str(SHARED_DATA / "sst2" / "test.tsv"),)
+  if task == "sst2":
+    small_sst2_files(config)
   else:
     folder = SHARED_DATA / "superglue" / SUPERGLUE_DIRS[task]
     config.data.train.files = (str(folder / "train32.jsonl"),)
@@ -30,6 +29,13 @@ def tiny_config(task: str = "sst2", **overrides) -> ml_collections.ConfigDict:
   config.mesh.data = 2
   config.mesh.fsdp = 4
   return apply_overrides(config, **overrides)
+
+
+def small_sst2_files(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """SST-2's 872-row dev set trains and its test set evaluates: fast to read."""
+  config.data.train.files = (str(SHARED_DATA / "sst2" / "dev.tsv"),)
+  config.data.eval.files = (str(SHARED_DATA / "sst2" / "test.tsv"),)
+  return config
 
 
 def localized(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -8,6 +8,8 @@ independent embeddings. For serving, `export` collapses it into the P embeddings
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -51,7 +53,7 @@ class PromptEncoder(nn.Module):
 
   def export(self, params: dict) -> dict[str, np.ndarray]:
     """The pseudo-token embeddings the encoder produces: what serving needs."""
-    tokens = jax.jit(lambda p: self.apply({"params": p}, method=PromptEncoder.pseudo_tokens))(params)
+    tokens = _pseudo_tokens(self, params)
     return {"embeddings": np.asarray(tokens, np.float32)}
 
   def collapsed(self) -> SoftPrompt:
@@ -60,3 +62,8 @@ class PromptEncoder(nn.Module):
 
   def params_from_export(self, arrays: dict[str, np.ndarray]) -> dict:
     return self.collapsed().params_from_export(arrays)
+
+
+@functools.partial(jax.jit, static_argnums=0)  # modules hash by their fields: one compile per encoder shape
+def _pseudo_tokens(encoder: PromptEncoder, params: dict) -> jax.Array:
+  return encoder.apply({"params": params}, method=PromptEncoder.pseudo_tokens)

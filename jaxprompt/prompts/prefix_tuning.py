@@ -15,6 +15,7 @@ the full trainable state, so training can resume.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
@@ -92,7 +93,7 @@ class PrefixTuning(nn.Module):
 
   def export(self, params: dict) -> dict[str, np.ndarray]:
     """The plain keys/values ("<kind>/keys", "<kind>/values") the params produce: for serving."""
-    prompt = jax.jit(lambda p: self.apply({"params": p}, {}))(params)
+    prompt = _prefixes(self, params)
     out = {}
     for shape in self.shapes:
       prefix: KVPrefix = getattr(prompt, shape.kind)
@@ -107,3 +108,8 @@ class PrefixTuning(nn.Module):
   def params_from_export(self, arrays: dict[str, np.ndarray]) -> dict:
     """Params of `collapsed()` holding an export."""
     return traverse_util.unflatten_dict({tuple(k.split("/")): jnp.asarray(v) for k, v in arrays.items()})
+
+
+@functools.partial(jax.jit, static_argnums=0)  # modules hash by their fields: one compile per prefix shape
+def _prefixes(method: PrefixTuning, params: dict) -> Prompt:
+  return method.apply({"params": params}, {})
