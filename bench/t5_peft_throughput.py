@@ -4,9 +4,14 @@ side by side in one run on the same machine: same shapes, float32, a whole optim
     python bench/t5_peft_throughput.py --size=small --batch=8 --input_len=128 --prompt_len=20 --target_len=8
 
 Both use T5 v1.1 dimensions with random weights (speed does not depend on their values) and Adam on
-the prompt only: ours is the jitted forward + backward to the soft prompt + update (the frozen weights
-an argument, the prompt state donated); PEFT's is `loss.backward()` and `optimizer.step()` with every
-backbone weight frozen (`requires_grad=False`). Tokens are non-pad tokens, prompt included.
+the prompt only. Ours is the product's train step (bench/t5_prompt_step.py: the step
+`python -m jaxprompt.train` runs), with the layers scanned (the configs' default) and unrolled
+(`model.scan_layers=False`); PEFT's is `loss.backward()` and `optimizer.step()` with every backbone
+weight frozen (`requires_grad=False`). Tokens are non-pad tokens, prompt included.
+
+The machines these run on are shared and their speed drifts by tens of percent within minutes, so
+the sides take turns: each round times a few steps of every side, and the ratio is taken within
+each round; the report gives the medians over rounds.
 """
 
 from __future__ import annotations
@@ -15,62 +20,20 @@ import argparse
 import datetime
 import json
 import os
+import statistics
 import sys
 from pathlib import Path
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.t5_forward_backward import machine, make_loss, time_call  # noqa: E402
-from jaxprompt.models.t5 import T5  # noqa: E402
+from bench.t5_forward_backward import machine, time_call  # noqa: E402
+from bench.t5_prompt_step import PromptStep, Shape, add_shape_arguments, random_batch, shape_from  # noqa: E402
 from jaxprompt.models.t5_config import T5Config  # noqa: E402
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--size", default="small")
-  parser.add_argument("--batch", type=int, default=8)
-  parser.add_argument("--input_len", type=int, default=128)
-  parser.add_argument("--prompt_len", type=int, default=20)
-  parser.add_argument("--target_len", type=int, default=8)
-  parser.add_argument("--repeats", type=int, default=10)
-  args = parser.parse_args()
-
-  config = T5Config.preset(args.size, dtype="float32", param_dtype="float32")
-  rng = np.random.default_rng(0)
-  ids_np = rng.integers(2, 32000, (args.batch, args.input_len))
-  labels_np = rng.integers(2, 32000, (args.batch, args.target_len))
-
-  # Ours.
-  model = T5(config)
-  ids, labels = jnp.asarray(ids_np, jnp.int32), jnp.asarray(labels_np, jnp.int32)
-  mask = jnp.ones_like(ids, bool)
-  params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), ids[:1, :8], mask[:1, :8], labels[:1]))
-  optimizer = optax.adam(1e-3)
-  prompt = jnp.asarray(rng.normal(size=(args.prompt_len, config.d_model)), jnp.float32)
-  state = (prompt, optimizer.init(prompt))
-  loss = make_loss(model)
-
-  def train_step(state, params, ids, mask, labels):
-    prompt, opt_state = state
-    value, grad = jax.value_and_grad(loss)(prompt, params, ids, mask, labels)
-    updates, opt_state = optimizer.update(grad, opt_state, prompt)
-    return (optax.apply_updates(prompt, updates), opt_state), value
-
-  step = jax.jit(train_step, donate_argnums=(0,))
-  holder = {"state": state}
-
-  def ours():
-    holder["state"], value = step(holder["state"], params, ids, mask, labels)
-    jax.block_until_ready(value)
-
-  ours_s = time_call(ours, repeats=args.repeats)  # median after a warm-up (the compile)
-
-  # PEFT on transformers' PyTorch T5, the same dimensions.
+def peft_step(config: T5Config, shape: Shape):
+  """PEFT PromptTuning on transformers' T5 of the same dimensions: one Adam step per call."""
   import peft
   import torch
   import transformers
@@ -83,35 +46,58 @@ def main() -> None:
       num_heads=config.num_heads, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
       dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0,
   )
-  hf = transformers.T5ForConditionalGeneration(hf_config)
-  peft_model = peft.get_peft_model(hf, peft.PromptTuningConfig(
-      task_type=peft.TaskType.SEQ_2_SEQ_LM, num_virtual_tokens=args.prompt_len))
-  peft_model.train()
-  torch_optimizer = torch.optim.Adam([p for p in peft_model.parameters() if p.requires_grad], lr=1e-3)
-  t_ids, t_labels = torch.tensor(ids_np), torch.tensor(labels_np)
-  t_mask = torch.ones_like(t_ids)
+  model = peft.get_peft_model(transformers.T5ForConditionalGeneration(hf_config), peft.PromptTuningConfig(
+      task_type=peft.TaskType.SEQ_2_SEQ_LM, num_virtual_tokens=shape.prompt_len))
+  model.train()
+  optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+  batch = {k: torch.tensor(v).long() for k, v in random_batch(shape, config.vocab_size).items()}
 
-  def theirs():
-    out = peft_model(input_ids=t_ids, attention_mask=t_mask, labels=t_labels)
+  def step():
+    out = model(input_ids=batch["inputs"], attention_mask=batch["input_mask"], labels=batch["targets"])
     out.loss.backward()
-    torch_optimizer.step()
-    torch_optimizer.zero_grad()
+    optimizer.step()
+    optimizer.zero_grad()
 
-  peft_s = time_call(theirs, repeats=args.repeats)
+  versions = {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
+  return step, versions
 
-  tokens = args.batch * (args.prompt_len + args.input_len + args.target_len)
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  add_shape_arguments(parser, batch=8, prompt_len=20, input_len=128, target_len=8)
+  parser.add_argument("--rounds", type=int, default=6)
+  parser.add_argument("--steps_per_round", type=int, default=3)
+  args = parser.parse_args()
+
+  config = T5Config.preset(args.size, dtype="float32", param_dtype="float32")
+  shape = shape_from(args)
+  sides = {
+      "ours_scanned": PromptStep(config, shape),
+      "ours_unrolled": PromptStep(config.replace(scan_layers=False), shape),
+  }
+  sides["peft"], versions = peft_step(config, shape)
+  times = {name: [] for name in sides}
+  for _ in range(args.rounds):  # take turns, so a slow spell of the machine hits every side
+    for name, step in sides.items():
+      times[name].append(time_call(step, repeats=args.steps_per_round))  # median after a warm-up
+
+  def ratio(ours: str) -> float:  # PEFT's time over ours, within each round
+    return statistics.median(p / o for p, o in zip(times["peft"], times[ours]))
+
+  seconds = {name: statistics.median(t) for name, t in times.items()}
   print(json.dumps({
       "date": datetime.date.today().isoformat(),
       "machine": machine(),
-      "versions": {"jax": jax.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
-                   "peft": peft.__version__},
+      "versions": {"jax": jax.__version__, **versions},
       "model": f"T5 v1.1 {args.size} dimensions, float32, random weights",
-      "shape": f"batch {args.batch}, {args.prompt_len} prompt + {args.input_len} input, {args.target_len} target",
-      "ours_s_per_step": round(ours_s, 4),
-      "peft_s_per_step": round(peft_s, 4),
-      "ours_tokens_per_s": round(tokens / ours_s),
-      "peft_tokens_per_s": round(tokens / peft_s),
-      "ours_over_peft": round(peft_s / ours_s, 2),
+      "shape": shape.describe(),
+      "rounds": f"{args.rounds} x (median of {args.steps_per_round} steps after a warm-up) per side",
+      "s_per_step": {name: round(s, 4) for name, s in seconds.items()},
+      "tokens_per_s": {name: round(shape.tokens / s) for name, s in seconds.items()},
+      "ours_over_peft": {"scanned": round(ratio("ours_scanned"), 2), "unrolled": round(ratio("ours_unrolled"), 2)},
+      "ours_over_peft_per_round": {
+          ours: [round(p / o, 2) for p, o in zip(times["peft"], times[ours])] for ours in ("ours_scanned", "ours_unrolled")
+      },
   }, indent=2))
 
 

@@ -3,7 +3,10 @@ a run fit, before reserving the machines?
 
 Compiles the config's real train step for the target mesh on simulated CPU devices, with abstract
 inputs (no weights are read or allocated), and reports per-device memory from XLA's
-`memory_analysis()`, the compile time, and the compiled FLOPs (`cost_analysis()`). Options that
+`memory_analysis()`, the compile time, and the compiled FLOPs (`cost_analysis()`). For prompt tuning
+it adds the analytic FLOPs of a step (jaxprompt/flops.py) and, given the devices' peak
+(`--peak_tflops`, dense bf16 per device) and an assumed utilisation (`--mfu`, default 0.4), the
+seconds per step and hours for `config.num_steps` that a reservation would take. Options that
 change memory are ordinary config keys: `--config.model.remat_policy=full`,
 `--config.num_microbatches=4`, `--config.batch_size=32`. The memory is what XLA's CPU compiler plans
 for the same program; TPU and GPU compilers fuse and schedule differently, so treat it as an
@@ -60,6 +63,7 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from jaxprompt import experiment  # noqa: E402
+from jaxprompt.flops import t5_prompt_tuning_flops  # noqa: E402
 from jaxprompt import sharding as sharding_lib  # noqa: E402
 from jaxprompt.backbones import Backbone  # noqa: E402
 from jaxprompt.models.t5_config import T5Config  # noqa: E402
@@ -69,6 +73,8 @@ from jaxprompt.weights.t5_loader import abstract_t5_params  # noqa: E402
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file (configs/*.py[:args]).")
 _MESH = flags.DEFINE_string("mesh", "data:1,fsdp:1,tensor:1", "Target mesh, e.g. data:1,fsdp:4,tensor:1.")
 _DEVICE_MEMORY_GIB = flags.DEFINE_float("device_memory_gib", 0.0, "Per-device memory, to say whether it fits.")
+_PEAK_TFLOPS = flags.DEFINE_float("peak_tflops", 0.0, "Per-device dense bf16 peak, e.g. 197 (v5e), 275 (v4), 989 (H100).")
+_MFU = flags.DEFINE_float("mfu", 0.4, "Assumed model FLOPs utilisation, for the time estimate.")
 
 GIB = 2.0**30
 
@@ -132,7 +138,24 @@ def plan(config: ml_collections.ConfigDict, mesh_sizes: dict[str, int]) -> dict:
       "peak_gib_per_device": round((arguments + outputs - aliased + temporaries) / GIB, 3),
       "compile_s": round(compile_s, 1),
       "compiled_gflops_per_device": round(float(cost.get("flops", 0.0)) / 1e9, 3),
+      "analytic_gflops_per_step": analytic_gflops(config, exp.backbone.config),
   }
+
+
+def analytic_gflops(config: ml_collections.ConfigDict, t5: T5Config) -> float | None:
+  """Matmul GFLOPs of one prompt-tuning step (P soft tokens in the encoder); None for other methods."""
+  if config.prompt.method != "prompt_tuning":
+    return None
+  flops = t5_prompt_tuning_flops(t5, config.batch_size, config.prompt.length, config.data.max_input_len,
+                                 config.data.max_target_len)
+  return round(flops.prompt_step / 1e9, 3)
+
+
+def time_estimate(report: dict, num_steps: int, peak_tflops: float, mfu: float) -> dict:
+  """Seconds per step and hours for the run on the planned devices at `mfu` of their peak."""
+  seconds = report["analytic_gflops_per_step"] / 1e3 / (report["devices"] * peak_tflops * mfu)
+  return {"peak_tflops_per_device": peak_tflops, "assumed_mfu": mfu, "step_s": round(seconds, 3),
+          "hours_for_num_steps": round(seconds * num_steps / 3600, 2)}
 
 
 def main(argv: Sequence[str]) -> None:
@@ -142,6 +165,8 @@ def main(argv: Sequence[str]) -> None:
   if _DEVICE_MEMORY_GIB.value:
     report["device_memory_gib"] = _DEVICE_MEMORY_GIB.value
     report["fits"] = report["peak_gib_per_device"] <= _DEVICE_MEMORY_GIB.value
+  if _PEAK_TFLOPS.value and report.get("analytic_gflops_per_step"):
+    report.update(time_estimate(report, _CONFIG.value.num_steps, _PEAK_TFLOPS.value, _MFU.value))
   print(json.dumps(report, indent=2))
 
 

@@ -25,6 +25,7 @@ def test_the_plan_counts_the_sharded_weights_and_shrinks_with_remat():
   assert total_bytes / 4 <= plain["frozen_weights_gib_per_device"] * 2**30 < total_bytes
   assert plain["peak_gib_per_device"] > plain["arguments_gib_per_device"] > 0
   assert plain["compiled_gflops_per_device"] > 0
+  assert plain["analytic_gflops_per_step"] > 0  # prompt tuning: the analytic count applies
 
   config.model.remat_policy = "full"
   remat = plan(config, MESH)
