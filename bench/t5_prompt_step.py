@@ -103,7 +103,9 @@ class PromptStep:
   def arguments(self) -> tuple:
     return self.state, self.frozen, self.batch, self.rng
 
+  @functools.cached_property
   def compiled(self):
+    """The step compiled for this shape, once (memory analysis and the profile's HLO both read it)."""
     return self.step.lower(*self.arguments()).compile()
 
   def __call__(self) -> dict[str, jax.Array]:

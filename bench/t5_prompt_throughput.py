@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import step_profile  # noqa: E402
-from bench.t5_forward_backward import machine, time_call  # noqa: E402
+from bench.t5_forward_backward import compiled_flops, machine, time_call  # noqa: E402
 from bench.t5_prompt_step import PromptStep, Shape, abstract_frozen, add_shape_arguments, random_frozen, shape_from  # noqa: E402
 from jaxprompt.flops import t5_prompt_tuning_flops  # noqa: E402
 from jaxprompt.models.t5_config import T5Config  # noqa: E402
@@ -73,11 +73,11 @@ def compiled_gflops(step: PromptStep) -> float:
   """XLA's FLOP count of the step with the layers unrolled (lowered only: no compile needed)."""
   unrolled = step.config.replace(scan_layers=False)
   counted = PromptStep(unrolled, step.shape, frozen=abstract_frozen(unrolled))
-  return float(counted.step.lower(*counted.arguments()).cost_analysis()["flops"]) / 1e9
+  return compiled_flops(counted.step, *counted.arguments()) / 1e9
 
 
 def memory_gib(step: PromptStep) -> dict[str, float]:
-  memory = step.compiled().memory_analysis()
+  memory = step.compiled.memory_analysis()
   planned = (memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
              + memory.temp_size_in_bytes)
   report = {"planned_peak": round(planned / GIB, 3), "temporaries": round(memory.temp_size_in_bytes / GIB, 3)}
@@ -163,7 +163,7 @@ def report(config: T5Config, shape: Shape, args) -> dict:
       "memory_gib": memory_gib(step),
   })
   if args.profile:
-    result["busy_ms_per_step"] = step_profile.profile(step, step.compiled().as_text())
+    result["busy_ms_per_step"] = step_profile.profile(step, step.compiled.as_text())
     result["host_ms_per_batch"] = round(host_seconds_per_batch(shape, config.vocab_size) * 1e3, 2)
   return result
 
