@@ -7,9 +7,9 @@
 Reports examples/s and tokens/s (non-pad tokens, prompt included), the analytic FLOPs of a
 prompt-tuning step (forward + activation gradients, jaxprompt/flops.py) and the achieved TFLOP/s,
 MFU against the device's peak (a table of published dense bf16 peaks for accelerators; on a CPU
-the best rate of a large matmul measured in the same run), the compiled FLOPs (XLA's
-cost_analysis of the same step with unrolled layers, since a scanned step's count holds one
-layer), and memory: XLA's plan for the step (arguments + outputs - donated + temporaries) and, on
+the best rate of a large matmul measured in the same run), the step's compile time, the compiled
+FLOPs (XLA's cost_analysis of the same step with unrolled layers, since a scanned step's count
+holds one layer), and memory: XLA's plan for the step (arguments + outputs - donated + temporaries) and, on
 a GPU or TPU, the allocator's peak. `--profile` adds where the busy time goes (bench/step_profile.py)
 and the host's cost of assembling one batch. `--largest_batch` doubles the batch until a step no
 longer fits in device memory, then bisects, and reports the largest batch that trained.
@@ -144,12 +144,16 @@ def report(config: T5Config, shape: Shape, args) -> dict:
             **largest_batch(config, shape, frozen)}
 
   step = PromptStep(config, shape, frozen)
-  seconds = time_call(step, repeats=args.repeats)  # median after a warm-up (the compile)
+  start = time.perf_counter()
+  step.compiled  # lowered and compiled once, for the memory analysis and the profile
+  compile_s = time.perf_counter() - start
+  seconds = time_call(step, repeats=args.repeats)  # median after a warm-up (jit's own compile)
   flops = t5_prompt_tuning_flops(config, shape.batch, shape.prompt_len, shape.input_len, shape.target_len)
   peak, peak_source = (args.peak_tflops, "given") if args.peak_tflops else device_peak_tflops(args.dtype)
   achieved = flops.prompt_step / seconds / 1e12
   result.update({
       "shape": shape.describe(),
+      "compile_s": round(compile_s, 1),
       "s_per_step": round(seconds, 4),
       "examples_per_s": round(shape.batch / seconds, 2),
       "tokens_per_s": round(shape.tokens / seconds),

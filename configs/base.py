@@ -77,6 +77,9 @@ def base_config() -> ml_collections.ConfigDict:
       max_input_len=512,  # longer inputs are truncated (and counted)
       max_target_len=8,  # verbalizer targets are a few tokens
       bucket_lengths=(128, 256, 512),  # pad each batch's inputs to the smallest that fits
+      # K >= 2: sort each K batches' examples by input length before batching, so batches need
+      # smaller buckets (fewer padded tokens; batches are less random). 0: random batches.
+      length_window=0,
       skip_bad_examples=False,  # True: count and skip bad records instead of failing with file:line
       max_eval_examples=0,  # evaluate on the first N eval examples (0: all)
       # A mixture: each task keeps at most this many training examples (T5's examples-proportional

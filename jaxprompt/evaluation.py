@@ -62,8 +62,11 @@ def evaluate_task(
       features_lib.label_targets(task, codec, config.data.max_target_len) if has_labels else (None, None)
   )
   columns: dict[str, list[np.ndarray]] = {}
+  # Shortest first: no metric depends on the examples' order, and a batch of similar lengths pads to
+  # a small bucket, where in the data's order most batches would hold one long input and pad to it.
+  by_length = sorted(eval_features, key=lambda f: len(f.inputs))
   batches = pipeline.eval_batches(
-      eval_features, config.eval_batch_size, config.data.max_input_len, config.data.max_target_len,
+      by_length, config.eval_batch_size, config.data.max_input_len, config.data.max_target_len,
       tuple(config.data.bucket_lengths), jax.process_index(), jax.process_count(), codec.pad_inputs_left,
   )
   for local in batches:

@@ -99,6 +99,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_iter = pipeline.train_iterator(
       train_features, config.batch_size, config.seed, config.data.max_input_len, config.data.max_target_len,
       tuple(config.data.bucket_lengths), jax.process_index(), jax.process_count(), exp.backbone.codec.pad_inputs_left,
+      config.data.length_window,
   )
   best = BestTracker(config.best_metric, best_mode)
   latest = checkpoints.latest_step()

@@ -31,6 +31,8 @@ def _train_command(workdir: Path, num_steps: int) -> list[str]:
       f"--config.data.eval.files=('{SHARED_DATA / 'sst2' / 'dev.tsv'}',)",
       "--config.data.max_eval_examples=32", f"--config.num_steps={num_steps}", "--config.eval_every=3",
       "--config.checkpoint_every=1", "--config.log_every=1",
+      # Length-grouped batches in two buckets: resuming and multi-host runs must see the same shapes.
+      "--config.data.bucket_lengths=(32,64)", "--config.data.length_window=4",
   ]
 
 

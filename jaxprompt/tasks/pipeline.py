@@ -3,7 +3,9 @@
 Every process draws the same global batch of example ids (same seed, same shuffle) and pads only
 its own contiguous 1/process_count share, so the processes' local batches together are the global
 batch. The input length of a batch is the smallest bucket that fits the longest input of the
-*global* batch, so every process picks the same shape.
+*global* batch, so every process picks the same shape. With `length_window=K`, batches are drawn
+K at a time from the shuffled stream and their examples sorted by input length first, so each batch
+holds examples of similar length and is padded to a smaller bucket.
 
 Batch keys: inputs int32 [B, L], input_mask bool [B, L], targets int32 [B, T], target_mask bool
 [B, T], label int32 [B], group int32 [B], example_mask bool [B] (False for padding rows),
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import functools
+import sys
 from collections.abc import Iterator, Sequence
 
 import grain
@@ -88,25 +92,56 @@ def train_iterator(
     process_index: int = 0,
     process_count: int = 1,
     pad_inputs_left: bool = False,
+    length_window: int = 0,
 ) -> grain.DatasetIterator:
   """An endless stream of this process's local batches, reshuffled every epoch from `seed`.
 
-  Epochs follow each other without a gap, so a batch may straddle two. `get_state()` is a small
-  JSON-serialisable dict; `set_state()` on a fresh iterator continues the stream exactly.
+  Epochs follow each other without a gap, so a batch may straddle two. `length_window` K >= 2
+  groups examples of similar length into batches, K batches at a time (0 or 1: random batches).
+  `get_state()` is a small JSON-serialisable dict; `set_state()` on a fresh iterator continues the
+  stream exactly.
   """
   batcher = _make_batcher(
       features, global_batch_size, max_input_len, max_target_len, bucket_lengths, process_index, process_count,
       pad_inputs_left,
   )
-  dataset = (
-      grain.MapDataset.source(range(len(features)))
-      .seed(seed)
-      .shuffle()
-      .repeat(None)
-      .batch(global_batch_size, batch_fn=np.asarray)
-      .map(batcher)
-  )
-  return iter(dataset.to_iter_dataset(_READ_OPTIONS))
+  if length_window < 0:
+    raise ValueError(f"length_window={length_window} must be 0 (off) or the number of batches sorted together")
+  ids = grain.MapDataset.source(range(len(features))).seed(seed).shuffle().repeat(None)
+  if length_window <= 1:
+    batch_ids = ids.batch(global_batch_size, batch_fn=np.asarray)
+  else:
+    windows = _LengthSortedWindows(ids, batcher.input_lens, global_batch_size, length_window, seed)
+    batch_ids = grain.MapDataset.range(0, sys.maxsize).map(windows.batch_ids)
+  return iter(batch_ids.map(batcher).to_iter_dataset(_READ_OPTIONS))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _LengthSortedWindows:
+  """Batch i of a length-grouped stream: window i // K holds the shuffled stream's next K batches'
+  examples, sorted by input length and cut into K batches, which the window then visits in a
+  shuffled order (so that short and long batches alternate instead of growing within every window).
+
+  A window holds exactly the examples that random batches would hold in those K batches, so each
+  example is seen as often as without grouping; only which examples share a batch changes. Random
+  access by batch index keeps the stream resumable.
+  """
+
+  ids: grain.MapDataset  # the shuffled, endlessly repeated example ids
+  input_lens: np.ndarray
+  batch_size: int
+  window: int  # K: batches per window
+  seed: int
+
+  def batch_ids(self, i: int) -> np.ndarray:
+    return self._window(i // self.window)[i % self.window]
+
+  @functools.lru_cache(maxsize=4)  # consecutive batches read the same window
+  def _window(self, w: int) -> np.ndarray:
+    size = self.window * self.batch_size
+    ids = np.array([self.ids[j] for j in range(w * size, (w + 1) * size)])
+    by_length = ids[np.argsort(self.input_lens[ids], kind="stable")].reshape(self.window, self.batch_size)
+    return by_length[np.random.default_rng((self.seed, w)).permutation(self.window)]
 
 
 def eval_batches(

@@ -75,24 +75,49 @@ def test_every_example_once_per_epoch_and_reshuffled(n, batch_size):
   assert list(orders[0]) != list(range(n))
 
 
-def test_resume_from_state_is_exact():
+@pytest.mark.parametrize("length_window", [0, 3])
+def test_resume_from_state_is_exact(length_window):
   features = make_features(13)
-  iterator = train_iterator(features, 4, 7, 16, 2, bucket_lengths=(4, 8, 16))
+  make = lambda: train_iterator(features, 4, 7, 16, 2, bucket_lengths=(4, 8, 16), length_window=length_window)
+  iterator = make()
   take(iterator, 5)
   state = json.loads(json.dumps(iterator.get_state()))  # it goes into checkpoints as JSON
   expected = take(iterator, 9)
-  resumed = train_iterator(features, 4, 7, 16, 2, bucket_lengths=(4, 8, 16))
+  resumed = make()
   take(resumed, 2)  # a restored iterator may have been used before
   resumed.set_state(state)
   assert_batches_equal(take(resumed, 9), expected)
-  uninterrupted = take(train_iterator(features, 4, 7, 16, 2, bucket_lengths=(4, 8, 16)), 14)[5:]
-  assert_batches_equal(uninterrupted, expected)
+  assert_batches_equal(take(make(), 14)[5:], expected)  # uninterrupted
 
 
-@pytest.mark.parametrize("n", [24, 21])
-def test_process_shards_union_to_the_global_batch(n):
+@pytest.mark.parametrize("n, batch_size, window", [(96, 8, 4), (50, 4, 3)])
+def test_length_window_regroups_each_window_by_length(n, batch_size, window):
   features = make_features(n)
-  kwargs = dict(seed=5, max_input_len=16, max_target_len=2, bucket_lengths=(2, 4, 8, 16))
+  epochs = 3
+  num_batches = n * epochs // batch_size
+  buckets = dict(bucket_lengths=(4, 8, 12, 16))
+  grouped = take(train_iterator(features, batch_size, 0, 16, 2, length_window=window, **buckets), num_batches)
+  random = take(train_iterator(features, batch_size, 0, 16, 2, **buckets), num_batches)
+
+  stream = np.concatenate([b["group"] for b in grouped])
+  size = window * batch_size  # each window regroups the same examples as random batches would hold
+  whole = len(stream) // size * size
+  np.testing.assert_array_equal(np.sort(stream[:whole].reshape(-1, size), 1),
+                                np.sort(np.concatenate([b["group"] for b in random])[:whole].reshape(-1, size), 1))
+  lengths = [np.sort(b["input_mask"].sum(1)) for b in grouped]
+  for w in range(len(grouped) // window):  # a window's batches are consecutive runs of its sorted lengths
+    runs = sorted(lengths[w * window : (w + 1) * window], key=lambda x: x[0])
+    assert all(a[-1] <= b[0] for a, b in zip(runs, runs[1:]))
+  longest = [run[-1] for run in lengths[: len(lengths) // window * window]]
+  assert any(list(w) != sorted(w) for w in np.reshape(longest, (-1, window)))  # not short-to-long in every window
+  padded = lambda batches: sum(b["inputs"].size for b in batches)
+  assert padded(grouped) < 0.8 * padded(random)
+
+
+@pytest.mark.parametrize("n, length_window", [(24, 0), (21, 0), (21, 2)])
+def test_process_shards_union_to_the_global_batch(n, length_window):
+  features = make_features(n)
+  kwargs = dict(seed=5, max_input_len=16, max_target_len=2, bucket_lengths=(2, 4, 8, 16), length_window=length_window)
   steps = 11
   global_batches = take(train_iterator(features, 8, **kwargs), steps)
   local = [take(train_iterator(features, 8, process_index=p, process_count=2, **kwargs), steps) for p in range(2)]
@@ -127,6 +152,8 @@ def test_bad_buckets(buckets):
 
 def test_bad_arguments():
   features = make_features(4)
+  with pytest.raises(ValueError, match="length_window=-1"):
+    train_iterator(features, 4, 0, 16, 2, length_window=-1)
   with pytest.raises(ValueError, match="multiple of the process count 3"):
     train_iterator(features, 4, 0, 16, 2, process_count=3)
   with pytest.raises(ValueError, match="process_index 2"):
