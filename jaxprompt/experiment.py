@@ -170,15 +170,16 @@ class Experiment:
     a large per-layer bank."""
     if self.method is None:
       return {}
-    length = 8
-    dummy = {"input_mask": jnp.ones((1, length), bool), "soft_positions": jnp.full((1, length), -1, jnp.int32),
-             "task_id": jnp.zeros((1,), jnp.int32)}
+    boxed = self._init_boxed(rng)
+    return jax.device_put(nn.meta.unbox(boxed), self.param_shardings(boxed))
+
+  def _init_boxed(self, rng: jax.Array) -> Any:
+    """The method's init, its params boxed with their logical axes, not yet placed on the mesh."""
     # Soft prompts' initialisers read the sharded embedding table, which jit would bake in as a
     # constant: they run eagerly. The other methods' inits (an LSTM's scans, MLPs) compile once.
     reads_vocabulary = isinstance(self.method, (SoftPrompt, MultiTaskPrompt))
     init = self.method.init if reads_vocabulary else jax.jit(self.method.init)
-    boxed = init(rng, dummy)["params"]
-    return jax.device_put(nn.meta.unbox(boxed), self.param_shardings(boxed))
+    return init(rng, _init_batch())["params"]
 
   def param_shardings(self, boxed_params: Any) -> Any:
     return sharding_lib.logical_to_shardings(boxed_params, self.mesh, self.rules)
@@ -188,9 +189,15 @@ class Experiment:
     return jax.jit(functools.partial(steps.init_train_state, optimizer=self.optimizer))(params)
 
   def abstract_state(self) -> steps.TrainState:
-    """The TrainState's shapes with their shardings, for restoring into."""
-    state = self.init_state(self.init_params(jax.random.key(0)))
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+    """The TrainState's shapes with their shardings, for restoring into and compiling against.
+    Nothing is placed on the mesh: the planner's compile-only TPU devices cannot hold arrays."""
+    params = {}
+    if self.method is not None:
+      boxed = self._init_boxed(jax.random.key(0))  # small: computed on the default device
+      params = jax.tree.map(_with_sharding, nn.meta.unbox(boxed), self.param_shardings(boxed))
+    init = jax.jit(functools.partial(steps.init_train_state, optimizer=self.optimizer))
+    # The moments' layout is the compiler's choice (like the params they track): read it back.
+    return jax.tree.map(_with_sharding, jax.eval_shape(init, params), init.lower(params).compile().output_shardings)
 
   def checkpoint_meta(self, params: Any) -> dict:
     """What a checkpoint must match to be restored here."""
@@ -217,6 +224,17 @@ class Experiment:
   def eval_step(self):
     """The jitted eval step: (prompt params, frozen, batch, label targets, label mask) -> outputs."""
     return jax.jit(self.backbone.eval_step(self.method, self.config.max_decode_len))
+
+
+def _init_batch() -> dict[str, jax.Array]:
+  """The batch keys a prompt method's init reads, at a small length (no param depends on it)."""
+  length = 8
+  return {"input_mask": jnp.ones((1, length), bool), "soft_positions": jnp.full((1, length), -1, jnp.int32),
+          "task_id": jnp.zeros((1,), jnp.int32)}
+
+
+def _with_sharding(x: Any, sharding: jax.sharding.Sharding) -> jax.ShapeDtypeStruct:
+  return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
 
 
 def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Experiment:

@@ -8,9 +8,14 @@ it adds the analytic FLOPs of a step (jaxprompt/flops.py) and, given the devices
 (`--peak_tflops`, dense bf16 per device) and an assumed utilisation (`--mfu`, default 0.4), the
 seconds per step and hours for `config.num_steps` that a reservation would take. Options that
 change memory are ordinary config keys: `--config.model.remat_policy=full`,
-`--config.num_microbatches=4`, `--config.batch_size=32`. The memory is what XLA's CPU compiler plans
-for the same program; TPU and GPU compilers fuse and schedule differently, so treat it as an
-estimate of the accelerator's (weights and optimizer state exactly, activations roughly).
+`--config.num_microbatches=4`, `--config.batch_size=32`.
+
+Two compilers can plan. By default XLA's CPU compiler, on simulated devices: weights and optimizer
+state come out exact, activations roughly — and bf16 weights overstated, since XLA:CPU has no bf16
+matmul and converts whole stacked weights to float32 outside the layer loop. With
+`--tpu_topology=v5e:2x4` (any TPU slice name: v4:2x2x1, v5p:2x2x1, v6e:4x4, ...) the TPU compiler
+itself compiles for that slice's devices, no TPU needed, only libtpu (`pip install 'jax[tpu]'`):
+its memory is the TPU's own plan, and `--mesh` must cover the slice's devices.
 
 Only T5 (`model.size` presets) is planned: the backbone comes from its size, not its checkpoint.
 """
@@ -75,6 +80,8 @@ _MESH = flags.DEFINE_string("mesh", "data:1,fsdp:1,tensor:1", "Target mesh, e.g.
 _DEVICE_MEMORY_GIB = flags.DEFINE_float("device_memory_gib", 0.0, "Per-device memory, to say whether it fits.")
 _PEAK_TFLOPS = flags.DEFINE_float("peak_tflops", 0.0, "Per-device dense bf16 peak, e.g. 197 (v5e), 275 (v4), 989 (H100).")
 _MFU = flags.DEFINE_float("mfu", 0.4, "Assumed model FLOPs utilisation, for the time estimate.")
+_TPU_TOPOLOGY = flags.DEFINE_string(
+    "tpu_topology", "", "Compile with the TPU compiler for this slice, e.g. v4:2x2x1 or v5e:2x4 (needs libtpu).")
 
 GIB = 2.0**30
 
@@ -109,36 +116,65 @@ def abstract_batch(config: ml_collections.ConfigDict, sharding: NamedSharding) -
   return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding) for k, (shape, dtype) in shapes.items()}
 
 
-def plan(config: ml_collections.ConfigDict, mesh_sizes: dict[str, int]) -> dict:
-  """Compiles the train step for `mesh_sizes` and reports its memory, compile time and FLOPs."""
-  mesh = sharding_lib.make_mesh(mesh_sizes)
+def tpu_devices(topology: str) -> list[jax.Device]:
+  """Compile-only devices of a TPU slice (libtpu's compiler, no TPU attached)."""
+  from jax.experimental import topologies  # noqa: PLC0415 - only this path needs libtpu
+
+  # TPU VMs run each v4 chip's two cores as one device; libtpu's default would make two of 16 GiB.
+  options = {"chip_config_name": "megacore"} if topology.startswith("v4") else {}
+  try:
+    return list(topologies.get_topology_desc(topology_name=topology, platform="tpu", **options).devices)
+  except Exception as error:  # noqa: BLE001 - missing libtpu and bad names both land here
+    raise ValueError(
+        f"--tpu_topology={topology!r}: no TPU compiler for it ({error}). Install libtpu (pip install 'jax[tpu]')"
+        " and name a slice as <version>:<chips per axis>, e.g. v4:2x2x1, v5e:2x4, v5p:2x2x1, v6e:4x4."
+    ) from error
+
+
+def plan(config: ml_collections.ConfigDict, mesh_sizes: dict[str, int], devices: list[jax.Device] | None = None) -> dict:
+  """Compiles the train step for `mesh_sizes` (over `devices`, default all) and reports its memory,
+  compile time and FLOPs."""
+  mesh = sharding_lib.make_mesh(mesh_sizes, devices)
   exp = abstract_experiment(config, mesh)
-  state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), exp.abstract_state())
+  # Built outside the mesh's context: the prompt's init runs eagerly, on the host's default device
+  # (inside it, eager arrays would go to the mesh's devices, which for a TPU plan cannot hold any).
+  state, train_step = exp.abstract_state(), exp.train_step()
   batch = abstract_batch(config, exp.batch_sharding)
   rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=NamedSharding(mesh, P()))
+  frozen_bytes = sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(exp.frozen))
+  device = mesh.devices.flat[0]
+  report = {
+      "model": f"t5-{config.model.size}", "mesh": dict(mesh.shape), "devices": mesh.size,
+      "compiled_for": device.device_kind if device.platform == "tpu" else "simulated CPU devices (XLA:CPU)",
+      "batch_size": config.batch_size, "num_microbatches": config.num_microbatches,
+      "tokens": f"{config.prompt.length}+{config.data.max_input_len}/{config.data.max_target_len}",
+      "remat_policy": config.model.remat_policy, "param_dtype": config.model.param_dtype,
+      "frozen_weights_gib_per_device": round(frozen_bytes / GIB, 3),
+      "analytic_gflops_per_step": analytic_gflops(config, exp.backbone.config),
+  }
   with sharding_lib.activate(exp.mesh, exp.rules):
     start = time.perf_counter()
-    compiled = exp.train_step().lower(state, exp.frozen, batch, rng).compile()
+    try:
+      compiled = train_step.lower(state, exp.frozen, batch, rng).compile()
+    except jax.errors.JaxRuntimeError as error:
+      if "RESOURCE_EXHAUSTED" not in str(error):
+        raise
+      # The TPU compiler knows its device's memory and refuses a step that cannot fit: say so.
+      return {**report, "fits": False, "compiler_error": str(error).splitlines()[0]}
     compile_s = time.perf_counter() - start
   memory = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   arguments, temporaries = memory.argument_size_in_bytes, memory.temp_size_in_bytes
   outputs, aliased = memory.output_size_in_bytes, memory.alias_size_in_bytes
-  frozen_bytes = sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(exp.frozen))
   return {
-      "model": f"t5-{config.model.size}", "mesh": mesh_sizes, "devices": mesh.size,
-      "batch_size": config.batch_size, "num_microbatches": config.num_microbatches,
-      "tokens": f"{config.prompt.length}+{config.data.max_input_len}/{config.data.max_target_len}",
-      "remat_policy": config.model.remat_policy, "param_dtype": config.model.param_dtype,
-      "frozen_weights_gib_per_device": round(frozen_bytes / GIB, 3),
+      **report,
       "arguments_gib_per_device": round(arguments / GIB, 3),
       "temporaries_gib_per_device": round(temporaries / GIB, 3),
       # Donated state is both an argument and an output: count it once.
       "peak_gib_per_device": round((arguments + outputs - aliased + temporaries) / GIB, 3),
       "compile_s": round(compile_s, 1),
       "compiled_gflops_per_device": round(float(cost.get("flops", 0.0)) / 1e9, 3),
-      "analytic_gflops_per_step": analytic_gflops(config, exp.backbone.config),
   }
 
 
@@ -161,8 +197,9 @@ def time_estimate(report: dict, num_steps: int, peak_tflops: float, mfu: float) 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  report = plan(_CONFIG.value, parse_mesh(_MESH.value))
-  if _DEVICE_MEMORY_GIB.value:
+  devices = tpu_devices(_TPU_TOPOLOGY.value) if _TPU_TOPOLOGY.value else None
+  report = plan(_CONFIG.value, parse_mesh(_MESH.value), devices)
+  if _DEVICE_MEMORY_GIB.value and "peak_gib_per_device" in report:
     report["device_memory_gib"] = _DEVICE_MEMORY_GIB.value
     report["fits"] = report["peak_gib_per_device"] <= _DEVICE_MEMORY_GIB.value
   if _PEAK_TFLOPS.value and report.get("analytic_gflops_per_step"):

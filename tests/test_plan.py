@@ -7,9 +7,9 @@ import math
 import jax
 import pytest
 
-from jaxprompt import distributed
+from jaxprompt import distributed, experiment
 from jaxprompt.models.t5_config import T5Config
-from jaxprompt.plan import parse_mesh, plan
+from jaxprompt.plan import parse_mesh, plan, tpu_devices
 from jaxprompt.weights.t5_loader import abstract_t5_params
 from tests.run_configs import tiny_config
 
@@ -31,6 +31,21 @@ def test_the_plan_counts_the_sharded_weights_and_shrinks_with_remat():
   remat = plan(config, MESH)
   assert remat["temporaries_gib_per_device"] < plain["temporaries_gib_per_device"]
   assert remat["frozen_weights_gib_per_device"] == plain["frozen_weights_gib_per_device"]
+
+
+def test_a_tpu_plan_without_its_compiler_or_with_a_bad_slice_name_says_how_to_get_one():
+  with pytest.raises(ValueError, match=r"--tpu_topology='v9:1x1'.*pip install 'jax\[tpu\]'.*v5e:2x4"):
+    tpu_devices("v9:1x1")
+
+
+def test_the_abstract_state_matches_the_real_one_and_allocates_nothing():
+  exp = experiment.build(tiny_config())
+  real = exp.init_state(exp.init_params(jax.random.key(0)))
+  abstract = exp.abstract_state()
+  assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(abstract))
+  assert jax.tree.structure(abstract) == jax.tree.structure(real)
+  for a, r in zip(jax.tree.leaves(abstract), jax.tree.leaves(real)):
+    assert (a.shape, a.dtype, a.sharding) == (r.shape, r.dtype, r.sharding)
 
 
 def test_mesh_argument():
