@@ -195,9 +195,9 @@ class Experiment:
     if self.method is not None:
       boxed = self._init_boxed(jax.random.key(0))  # small: computed on the default device
       params = jax.tree.map(_with_sharding, nn.meta.unbox(boxed), self.param_shardings(boxed))
-    init = jax.jit(functools.partial(steps.init_train_state, optimizer=self.optimizer))
+    lowered = jax.jit(functools.partial(steps.init_train_state, optimizer=self.optimizer)).lower(params)
     # The moments' layout is the compiler's choice (like the params they track): read it back.
-    return jax.tree.map(_with_sharding, jax.eval_shape(init, params), init.lower(params).compile().output_shardings)
+    return jax.tree.map(_with_sharding, lowered.out_info, lowered.compile().output_shardings)
 
   def checkpoint_meta(self, params: Any) -> dict:
     """What a checkpoint must match to be restored here."""
