@@ -18,8 +18,9 @@ from configs import t5_prompt
 def get_config(arg: str | None = None):
   config = t5_prompt.get_config(",".join(filter(None, ["size=xxl", arg])))
   config.model.checkpoint = "google/t5-xxl-lm-adapt"  # the paper's backbone
-  # Keep projections, recompute the rest: 11.8 GiB a chip on 16 chips. On 4 x 32 GiB (v4-8) or
-  # 8 x 16 GiB (v5e-8) use "full" (25.4 / 13.5 GiB): python -m jaxprompt.plan, BENCHMARKS.md.
+  # Keep projections, recompute the rest. The TPU compiler's plan: 19.2 GiB a chip on a v4-8 (32 GiB),
+  # 10.3 on a v5e-8 (16 GiB); less remat does not fit either. `python -m jaxprompt.plan --fit`
+  # searches for a slice's setting, BENCHMARKS.md has the plans.
   config.model.remat_policy = "dots_no_batch"
   config.prompt.length = 100
   config.prompt.init = "class_labels"

@@ -193,8 +193,8 @@ class Experiment:
     Nothing is placed on the mesh: the planner's compile-only TPU devices cannot hold arrays."""
     params = {}
     if self.method is not None:
-      boxed = self._init_boxed(jax.random.key(0))  # small: computed on the default device
-      params = jax.tree.map(_with_sharding, nn.meta.unbox(boxed), self.param_shardings(boxed))
+      boxed = jax.eval_shape(self._init_boxed, jax.random.key(0))  # traced only: no device holds it
+      params = jax.tree.map(_with_sharding, _box_values(boxed), self.param_shardings(boxed))
     lowered = jax.jit(functools.partial(steps.init_train_state, optimizer=self.optimizer)).lower(params)
     # The moments' layout is the compiler's choice (like the params they track): read it back.
     return jax.tree.map(_with_sharding, lowered.out_info, lowered.compile().output_shardings)
@@ -231,6 +231,13 @@ def _init_batch() -> dict[str, jax.Array]:
   length = 8
   return {"input_mask": jnp.ones((1, length), bool), "soft_positions": jnp.full((1, length), -1, jnp.int32),
           "task_id": jnp.zeros((1,), jnp.int32)}
+
+
+def _box_values(boxed: Any) -> Any:
+  """The boxes' values. (`nn.meta.unbox` would also constrain each one's sharding under an active
+  mesh, which a shape alone cannot take.)"""
+  is_box = lambda x: isinstance(x, nn.Partitioned)
+  return jax.tree.map(lambda x: x.value if is_box(x) else x, boxed, is_leaf=is_box)
 
 
 def _with_sharding(x: Any, sharding: jax.sharding.Sharding) -> jax.ShapeDtypeStruct:

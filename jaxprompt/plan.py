@@ -17,6 +17,11 @@ matmul and converts whole stacked weights to float32 outside the layer loop. Wit
 itself compiles for that slice's devices, no TPU needed, only libtpu (`pip install 'jax[tpu]'`):
 its memory is the TPU's own plan, and `--mesh` must cover the slice's devices.
 
+With `--fit` the planner searches instead of answering for one setting: it plans the step with
+each remat policy in turn, from least recomputation to most, then with full remat and 2, 4, ...
+microbatches, and stops at the first that fits the devices (`--device_memory_gib`, or the TPU
+compiler's own limit). The report lists every setting tried.
+
 Only T5 (`model.size` presets) is planned: the backbone comes from its size, not its checkpoint.
 """
 
@@ -82,6 +87,7 @@ _PEAK_TFLOPS = flags.DEFINE_float("peak_tflops", 0.0, "Per-device dense bf16 pea
 _MFU = flags.DEFINE_float("mfu", 0.4, "Assumed model FLOPs utilisation, for the time estimate.")
 _TPU_TOPOLOGY = flags.DEFINE_string(
     "tpu_topology", "", "Compile with the TPU compiler for this slice, e.g. v4:2x2x1 or v5e:2x4 (needs libtpu).")
+_FIT = flags.DEFINE_bool("fit", False, "Search remat policies, then microbatches, for the first setting that fits.")
 
 GIB = 2.0**30
 
@@ -136,8 +142,6 @@ def plan(config: ml_collections.ConfigDict, mesh_sizes: dict[str, int], devices:
   compile time and FLOPs."""
   mesh = sharding_lib.make_mesh(mesh_sizes, devices)
   exp = abstract_experiment(config, mesh)
-  # Built outside the mesh's context: the prompt's init runs eagerly, on the host's default device
-  # (inside it, eager arrays would go to the mesh's devices, which for a TPU plan cannot hold any).
   state, train_step = exp.abstract_state(), exp.train_step()
   batch = abstract_batch(config, exp.batch_sharding)
   rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=NamedSharding(mesh, P()))
@@ -178,6 +182,54 @@ def plan(config: ml_collections.ConfigDict, mesh_sizes: dict[str, int], devices:
   }
 
 
+def judge_fit(report: dict, device_memory_gib: float) -> dict:
+  """Adds whether the planned peak fits `device_memory_gib` (when given and the step compiled)."""
+  if device_memory_gib and "peak_gib_per_device" in report:
+    report["device_memory_gib"] = device_memory_gib
+    report["fits"] = report["peak_gib_per_device"] <= device_memory_gib
+  return report
+
+
+# Least recomputation first: each policy saves less for the backward pass than the one before it.
+REMAT_BY_RECOMPUTATION = ("none", "dots", "dots_no_batch", "qkv_out", "full")
+
+
+def fit_candidates(config: ml_collections.ConfigDict, mesh_sizes: dict[str, int]) -> list[tuple[str, int]]:
+  """(remat policy, microbatches) to try, cheapest step first: every policy whole-batch, then full
+  remat with 2, 4, ... microbatches while each microbatch still has rows for every batch shard."""
+  candidates = [(policy, 1) for policy in REMAT_BY_RECOMPUTATION]
+  batch_shards = mesh_sizes["data"] * mesh_sizes["fsdp"]
+  microbatches = 2
+  while config.batch_size % (microbatches * batch_shards) == 0:
+    candidates.append(("full", microbatches))
+    microbatches *= 2
+  return candidates
+
+
+def fit(config: ml_collections.ConfigDict, mesh_sizes: dict[str, int], devices: list[jax.Device] | None = None,
+        device_memory_gib: float = 0.0) -> dict:
+  """Plans `fit_candidates` in order until one fits: the first that fits is `chosen` (None if none
+  does), and `tried` summarises each plan. On CPU the fit is peak <= device_memory_gib; the TPU
+  compiler refuses what does not fit its device by itself."""
+  if not device_memory_gib and not devices:
+    raise ValueError("--fit needs --device_memory_gib (the per-device memory to fit) or --tpu_topology")
+  tried = []
+  for policy, microbatches in fit_candidates(config, mesh_sizes):
+    candidate = config.copy_and_resolve_references()
+    candidate.model.remat_policy, candidate.num_microbatches = policy, microbatches
+    report = judge_fit(plan(candidate, mesh_sizes, devices), device_memory_gib)
+    report.setdefault("fits", True)  # compiled by a TPU compiler, which would have refused it
+    tried.append({key: report.get(key) for key in ("remat_policy", "num_microbatches", "peak_gib_per_device",
+                                                   "fits", "compile_s", "compiler_error") if key in report})
+    if report["fits"]:
+      return {"chosen": report, "tried": tried}
+    if device_memory_gib and report.get("arguments_gib_per_device", 0.0) > device_memory_gib:
+      # Weights and optimizer state alone do not fit: no remat or microbatching can help.
+      return {"chosen": None, "tried": tried, "why": "the weights and optimizer state alone exceed the device: "
+              f"{report['arguments_gib_per_device']} > {device_memory_gib} GiB; shard over more devices"}
+  return {"chosen": None, "tried": tried, "why": "not even full remat with the most microbatches fits"}
+
+
 def analytic_gflops(config: ml_collections.ConfigDict, t5: T5Config) -> float | None:
   """Matmul GFLOPs of one prompt-tuning step (P soft tokens in the encoder); None for other methods."""
   if config.prompt.method != "prompt_tuning":
@@ -198,13 +250,15 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   devices = tpu_devices(_TPU_TOPOLOGY.value) if _TPU_TOPOLOGY.value else None
-  report = plan(_CONFIG.value, parse_mesh(_MESH.value), devices)
-  if _DEVICE_MEMORY_GIB.value and "peak_gib_per_device" in report:
-    report["device_memory_gib"] = _DEVICE_MEMORY_GIB.value
-    report["fits"] = report["peak_gib_per_device"] <= _DEVICE_MEMORY_GIB.value
-  if _PEAK_TFLOPS.value and report.get("analytic_gflops_per_step"):
+  mesh_sizes = parse_mesh(_MESH.value)
+  if _FIT.value:
+    output = fit(_CONFIG.value, mesh_sizes, devices, _DEVICE_MEMORY_GIB.value)
+    report = output["chosen"]
+  else:
+    output = report = judge_fit(plan(_CONFIG.value, mesh_sizes, devices), _DEVICE_MEMORY_GIB.value)
+  if report and _PEAK_TFLOPS.value and report.get("analytic_gflops_per_step"):
     report.update(time_estimate(report, _CONFIG.value.num_steps, _PEAK_TFLOPS.value, _MFU.value))
-  print(json.dumps(report, indent=2))
+  print(json.dumps(output, indent=2))
 
 
 if __name__ == "__main__":

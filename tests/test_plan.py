@@ -9,7 +9,7 @@ import pytest
 
 from jaxprompt import distributed, experiment
 from jaxprompt.models.t5_config import T5Config
-from jaxprompt.plan import parse_mesh, plan, tpu_devices
+from jaxprompt.plan import fit, fit_candidates, parse_mesh, plan, tpu_devices
 from jaxprompt.weights.t5_loader import abstract_t5_params
 from tests.run_configs import tiny_config
 
@@ -31,6 +31,31 @@ def test_the_plan_counts_the_sharded_weights_and_shrinks_with_remat():
   remat = plan(config, MESH)
   assert remat["temporaries_gib_per_device"] < plain["temporaries_gib_per_device"]
   assert remat["frozen_weights_gib_per_device"] == plain["frozen_weights_gib_per_device"]
+
+
+def test_fit_takes_the_least_recomputation_that_fits_then_microbatches():
+  config = tiny_config(**{"data.max_input_len": 128, "batch_size": 32})
+  # 32 rows over 2 x 4 batch shards: 4 microbatches keep a row per shard, 8 would not.
+  assert fit_candidates(config, MESH) == [
+      ("none", 1), ("dots", 1), ("dots_no_batch", 1), ("qkv_out", 1), ("full", 1), ("full", 2), ("full", 4)]
+
+  roomy = fit(config, MESH, device_memory_gib=1024.0)
+  assert roomy["chosen"]["remat_policy"] == "none" and len(roomy["tried"]) == 1
+  no_remat_peak = roomy["chosen"]["peak_gib_per_device"]
+
+  tight = fit(config, MESH, device_memory_gib=no_remat_peak * 0.9)
+  chosen = tight["chosen"]
+  assert chosen is not None and chosen["fits"] and chosen["peak_gib_per_device"] <= no_remat_peak * 0.9
+  assert tight["tried"][0] == {**tight["tried"][0], "remat_policy": "none", "fits": False}
+  assert all(not t["fits"] and t["peak_gib_per_device"] > no_remat_peak * 0.9 for t in tight["tried"][:-1])
+  assert (chosen["remat_policy"], chosen["num_microbatches"]) == (
+      tight["tried"][-1]["remat_policy"], tight["tried"][-1]["num_microbatches"])
+
+  hopeless = fit(config, MESH, device_memory_gib=1e-6)
+  assert hopeless["chosen"] is None and len(hopeless["tried"]) == 1
+  assert "weights and optimizer state alone exceed" in hopeless["why"]
+  with pytest.raises(ValueError, match="--fit needs --device_memory_gib"):
+    fit(config, MESH)
 
 
 def test_a_tpu_plan_without_its_compiler_or_with_a_bad_slice_name_says_how_to_get_one():
