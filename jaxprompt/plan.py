@@ -76,6 +76,7 @@ from jaxprompt import experiment  # noqa: E402
 from jaxprompt.flops import t5_prompt_tuning_flops  # noqa: E402
 from jaxprompt import sharding as sharding_lib  # noqa: E402
 from jaxprompt.backbones import Backbone  # noqa: E402
+from jaxprompt.models.layers import REMAT_BY_RECOMPUTATION  # noqa: E402
 from jaxprompt.models.t5_config import T5Config  # noqa: E402
 from jaxprompt.optimizers import make_optimizer  # noqa: E402
 from jaxprompt.weights.t5_loader import abstract_t5_params  # noqa: E402
@@ -188,10 +189,6 @@ def judge_fit(report: dict, device_memory_gib: float) -> dict:
     report["device_memory_gib"] = device_memory_gib
     report["fits"] = report["peak_gib_per_device"] <= device_memory_gib
   return report
-
-
-# Least recomputation first: each policy saves less for the backward pass than the one before it.
-REMAT_BY_RECOMPUTATION = ("none", "dots", "dots_no_batch", "qkv_out", "full")
 
 
 def fit_candidates(config: ml_collections.ConfigDict, mesh_sizes: dict[str, int]) -> list[tuple[str, int]]:
