@@ -20,7 +20,8 @@ its memory is the TPU's own plan, and `--mesh` must cover the slice's devices.
 With `--fit` the planner searches instead of answering for one setting: it plans the step with
 each remat policy in turn, from least recomputation to most, then with full remat and 2, 4, ...
 microbatches, and stops at the first that fits the devices (`--device_memory_gib`, or the TPU
-compiler's own limit). The report lists every setting tried.
+compiler's own limit). The report lists every setting tried. `--largest_batch` keeps the config's
+remat and microbatches and finds the largest global batch that fits, doubling then bisecting.
 
 Only T5 (`model.size` presets) is planned: the backbone comes from its size, not its checkpoint.
 """
@@ -89,6 +90,8 @@ _MFU = flags.DEFINE_float("mfu", 0.4, "Assumed model FLOPs utilisation, for the 
 _TPU_TOPOLOGY = flags.DEFINE_string(
     "tpu_topology", "", "Compile with the TPU compiler for this slice, e.g. v4:2x2x1 or v5e:2x4 (needs libtpu).")
 _FIT = flags.DEFINE_bool("fit", False, "Search remat policies, then microbatches, for the first setting that fits.")
+_LARGEST_BATCH = flags.DEFINE_bool(
+    "largest_batch", False, "Search for the largest global batch that fits with the config's remat and microbatches.")
 
 GIB = 2.0**30
 
@@ -203,28 +206,83 @@ def fit_candidates(config: ml_collections.ConfigDict, mesh_sizes: dict[str, int]
   return candidates
 
 
+class _Search:
+  """Plans variants of one config for one mesh, judging each against the device, and keeps a
+  summary of every variant tried (what a search prints beside its answer)."""
+
+  def __init__(self, config: ml_collections.ConfigDict, mesh_sizes: dict[str, int],
+               devices: list[jax.Device] | None, device_memory_gib: float, flag: str):
+    if not device_memory_gib and not devices:
+      raise ValueError(f"{flag} needs --device_memory_gib (the per-device memory to fit) or --tpu_topology")
+    self.config, self.mesh_sizes, self.devices, self.device_memory_gib = config, mesh_sizes, devices, device_memory_gib
+    self.tried = []
+
+  def plan(self, remat_policy: str, num_microbatches: int, batch_size: int) -> dict:
+    variant = self.config.copy_and_resolve_references()
+    variant.model.remat_policy, variant.num_microbatches, variant.batch_size = remat_policy, num_microbatches, batch_size
+    report = judge_fit(plan(variant, self.mesh_sizes, self.devices), self.device_memory_gib)
+    report.setdefault("fits", True)  # compiled by a TPU compiler, which would have refused it
+    keys = ("remat_policy", "num_microbatches", "batch_size", "peak_gib_per_device", "fits", "compile_s",
+            "compiler_error")
+    self.tried.append({key: report[key] for key in keys if key in report})
+    return report
+
+  def weights_alone_exceed(self, report: dict) -> str | None:
+    """Why nothing smaller can fit, when the weights and optimizer state alone exceed the device."""
+    if self.device_memory_gib and report.get("arguments_gib_per_device", 0.0) > self.device_memory_gib:
+      return ("the weights and optimizer state alone exceed the device: "
+              f"{report['arguments_gib_per_device']} > {self.device_memory_gib} GiB; shard over more devices")
+    return None
+
+
 def fit(config: ml_collections.ConfigDict, mesh_sizes: dict[str, int], devices: list[jax.Device] | None = None,
         device_memory_gib: float = 0.0) -> dict:
   """Plans `fit_candidates` in order until one fits: the first that fits is `chosen` (None if none
   does), and `tried` summarises each plan. On CPU the fit is peak <= device_memory_gib; the TPU
   compiler refuses what does not fit its device by itself."""
-  if not device_memory_gib and not devices:
-    raise ValueError("--fit needs --device_memory_gib (the per-device memory to fit) or --tpu_topology")
-  tried = []
+  search = _Search(config, mesh_sizes, devices, device_memory_gib, "--fit")
   for policy, microbatches in fit_candidates(config, mesh_sizes):
-    candidate = config.copy_and_resolve_references()
-    candidate.model.remat_policy, candidate.num_microbatches = policy, microbatches
-    report = judge_fit(plan(candidate, mesh_sizes, devices), device_memory_gib)
-    report.setdefault("fits", True)  # compiled by a TPU compiler, which would have refused it
-    tried.append({key: report.get(key) for key in ("remat_policy", "num_microbatches", "peak_gib_per_device",
-                                                   "fits", "compile_s", "compiler_error") if key in report})
+    report = search.plan(policy, microbatches, config.batch_size)
     if report["fits"]:
-      return {"chosen": report, "tried": tried}
-    if device_memory_gib and report.get("arguments_gib_per_device", 0.0) > device_memory_gib:
-      # Weights and optimizer state alone do not fit: no remat or microbatching can help.
-      return {"chosen": None, "tried": tried, "why": "the weights and optimizer state alone exceed the device: "
-              f"{report['arguments_gib_per_device']} > {device_memory_gib} GiB; shard over more devices"}
-  return {"chosen": None, "tried": tried, "why": "not even full remat with the most microbatches fits"}
+      return {"chosen": report, "tried": search.tried}
+    if why := search.weights_alone_exceed(report):
+      return {"chosen": None, "tried": search.tried, "why": why}
+  return {"chosen": None, "tried": search.tried, "why": "not even full remat with the most microbatches fits"}
+
+
+def largest_batch(config: ml_collections.ConfigDict, mesh_sizes: dict[str, int],
+                  devices: list[jax.Device] | None = None, device_memory_gib: float = 0.0, limit: int = 8192) -> dict:
+  """The largest global batch that fits with the config's remat policy and microbatches: doubles
+  from `config.batch_size` while it fits (up to `limit`), then bisects, in steps that keep a row
+  of every microbatch on every batch shard. `chosen` is its plan (None if not even one step fits)."""
+  search = _Search(config, mesh_sizes, devices, device_memory_gib, "--largest_batch")
+  step = mesh_sizes["data"] * mesh_sizes["fsdp"] * config.num_microbatches
+  reports = {}
+
+  def fits(units: int) -> bool:
+    report = search.plan(config.model.remat_policy, config.num_microbatches, units * step)
+    reports[units] = report
+    return report["fits"]
+
+  fitting, failing = 0, None  # in units of `step`: the largest known to fit, the smallest known not to
+  units = max(1, config.batch_size // step)
+  while failing is None and units * step <= limit:
+    if fits(units):
+      fitting, units = units, units * 2
+    else:
+      failing = units
+  while failing is not None and failing - fitting > 1:
+    middle = (fitting + failing) // 2
+    if fits(middle):
+      fitting = middle
+    else:
+      failing = middle
+  result = {"largest_batch": fitting * step or None, "chosen": reports.get(fitting), "tried": search.tried}
+  if failing is None:
+    result["why"] = f"still fits at the search's limit of {limit}"
+  elif not fitting:
+    result["why"] = search.weights_alone_exceed(reports[failing]) or f"not even a batch of {step} fits"
+  return result
 
 
 def analytic_gflops(config: ml_collections.ConfigDict, t5: T5Config) -> float | None:
@@ -237,10 +295,12 @@ def analytic_gflops(config: ml_collections.ConfigDict, t5: T5Config) -> float | 
 
 
 def time_estimate(report: dict, num_steps: int, peak_tflops: float, mfu: float) -> dict:
-  """Seconds per step and hours for the run on the planned devices at `mfu` of their peak."""
+  """Seconds per step, and hours (and device-hours, what a reservation is billed by) for the run
+  on the planned devices at `mfu` of their peak."""
   seconds = report["analytic_gflops_per_step"] / 1e3 / (report["devices"] * peak_tflops * mfu)
+  hours = seconds * num_steps / 3600
   return {"peak_tflops_per_device": peak_tflops, "assumed_mfu": mfu, "step_s": round(seconds, 3),
-          "hours_for_num_steps": round(seconds * num_steps / 3600, 2)}
+          "hours_for_num_steps": round(hours, 2), "device_hours_for_num_steps": round(hours * report["devices"], 1)}
 
 
 def main(argv: Sequence[str]) -> None:
@@ -248,8 +308,11 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   devices = tpu_devices(_TPU_TOPOLOGY.value) if _TPU_TOPOLOGY.value else None
   mesh_sizes = parse_mesh(_MESH.value)
-  if _FIT.value:
-    output = fit(_CONFIG.value, mesh_sizes, devices, _DEVICE_MEMORY_GIB.value)
+  if _FIT.value and _LARGEST_BATCH.value:
+    raise app.UsageError("--fit and --largest_batch are separate searches: give one")
+  if _FIT.value or _LARGEST_BATCH.value:
+    search = fit if _FIT.value else largest_batch
+    output = search(_CONFIG.value, mesh_sizes, devices, _DEVICE_MEMORY_GIB.value)
     report = output["chosen"]
   else:
     output = report = judge_fit(plan(_CONFIG.value, mesh_sizes, devices), _DEVICE_MEMORY_GIB.value)

@@ -9,7 +9,7 @@ import pytest
 
 from jaxprompt import distributed, experiment
 from jaxprompt.models.t5_config import T5Config
-from jaxprompt.plan import fit, fit_candidates, parse_mesh, plan, tpu_devices
+from jaxprompt.plan import fit, fit_candidates, largest_batch, parse_mesh, plan, time_estimate, tpu_devices
 from jaxprompt.weights.t5_loader import abstract_t5_params
 from tests.run_configs import tiny_config
 
@@ -56,6 +56,25 @@ def test_fit_takes_the_least_recomputation_that_fits_then_microbatches():
   assert "weights and optimizer state alone exceed" in hopeless["why"]
   with pytest.raises(ValueError, match="--fit needs --device_memory_gib"):
     fit(config, MESH)
+
+
+def test_largest_batch_doubles_then_bisects_to_the_last_batch_that_fits():
+  config = tiny_config(**{"data.max_input_len": 128, "batch_size": 8})
+  at_32 = plan(tiny_config(**{"data.max_input_len": 128, "batch_size": 32}), MESH)["peak_gib_per_device"]
+  found = largest_batch(config, MESH, device_memory_gib=at_32)
+  assert found["largest_batch"] == 32 and found["chosen"]["batch_size"] == 32 and found["chosen"]["fits"]
+  # 8, 16, 32 fit; 64 does not; bisecting in steps of the 8 batch shards: 48, then 40.
+  assert [(t["batch_size"], t["fits"]) for t in found["tried"]] == [
+      (8, True), (16, True), (32, True), (64, False), (48, False), (40, False)]
+
+  hopeless = largest_batch(config, MESH, device_memory_gib=1e-6)
+  assert hopeless["largest_batch"] is None and "weights and optimizer state alone exceed" in hopeless["why"]
+
+
+def test_the_time_estimate_bills_every_device():
+  estimate = time_estimate({"analytic_gflops_per_step": 445_800.0, "devices": 8}, 30_000, 197.0, 0.4)
+  assert estimate["step_s"] == pytest.approx(445.8 / (8 * 197 * 0.4), abs=1e-3)
+  assert estimate["device_hours_for_num_steps"] == pytest.approx(8 * estimate["hours_for_num_steps"], rel=1e-2)
 
 
 def test_a_tpu_plan_without_its_compiler_or_with_a_bad_slice_name_says_how_to_get_one():
