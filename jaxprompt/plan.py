@@ -19,9 +19,10 @@ its memory is the TPU's own plan, and `--mesh` must cover the slice's devices.
 
 With `--fit` the planner searches instead of answering for one setting: it plans the step with
 each remat policy in turn, from least recomputation to most, then with full remat and 2, 4, ...
-microbatches, and stops at the first that fits the devices (`--device_memory_gib`, or the TPU
-compiler's own limit). The report lists every setting tried. `--largest_batch` keeps the config's
-remat and microbatches and finds the largest global batch that fits, doubling then bisecting.
+microbatches, and stops at the first that fits the devices (`--device_memory_gib`; for a TPU
+compiler, by default the usable HBM it states). The report lists every setting tried.
+`--largest_batch` keeps the config's remat and microbatches and finds the largest global batch
+that fits, doubling then bisecting.
 
 Only T5 (`model.size` presets) is planned: the backbone comes from its size, not its checkpoint.
 """
@@ -126,6 +127,23 @@ def abstract_batch(config: ml_collections.ConfigDict, sharding: NamedSharding) -
   return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding) for k, (shape, dtype) in shapes.items()}
 
 
+# HBM a TPU device can use, in GiB, as libtpu 0.0.42.1 states it when it refuses a step for memory
+# ("... exceeds available HBM (15.75G)"). Its check covers only the step's temporaries, so a step
+# it accepts may still not fit beside the weights: the planner compares the whole peak to these.
+TPU_USABLE_HBM_GIB = {"TPU v3": 15.48, "TPU v4": 30.75, "TPU v5 lite": 15.75, "TPU v5": 95.74, "TPU v6 lite": 31.25}
+
+
+def usable_memory_gib(devices: list[jax.Device] | None, given_gib: float) -> float:
+  """The per-device memory a plan must fit: `given_gib` (--device_memory_gib), else a TPU's usable
+  HBM; 0.0 (no judgement) for simulated devices without one."""
+  if given_gib or not devices:
+    return given_gib
+  kind = devices[0].device_kind
+  if kind not in TPU_USABLE_HBM_GIB:
+    raise ValueError(f"no usable HBM is known for {kind!r}: give its per-device memory as --device_memory_gib")
+  return TPU_USABLE_HBM_GIB[kind]
+
+
 def tpu_devices(topology: str) -> list[jax.Device]:
   """Compile-only devices of a TPU slice (libtpu's compiler, no TPU attached)."""
   from jax.experimental import topologies  # noqa: PLC0415 - only this path needs libtpu
@@ -212,7 +230,8 @@ class _Search:
 
   def __init__(self, config: ml_collections.ConfigDict, mesh_sizes: dict[str, int],
                devices: list[jax.Device] | None, device_memory_gib: float, flag: str):
-    if not device_memory_gib and not devices:
+    device_memory_gib = usable_memory_gib(devices, device_memory_gib)
+    if not device_memory_gib:
       raise ValueError(f"{flag} needs --device_memory_gib (the per-device memory to fit) or --tpu_topology")
     self.config, self.mesh_sizes, self.devices, self.device_memory_gib = config, mesh_sizes, devices, device_memory_gib
     self.tried = []
@@ -221,7 +240,6 @@ class _Search:
     variant = self.config.copy_and_resolve_references()
     variant.model.remat_policy, variant.num_microbatches, variant.batch_size = remat_policy, num_microbatches, batch_size
     report = judge_fit(plan(variant, self.mesh_sizes, self.devices), self.device_memory_gib)
-    report.setdefault("fits", True)  # compiled by a TPU compiler, which would have refused it
     keys = ("remat_policy", "num_microbatches", "batch_size", "peak_gib_per_device", "fits", "compile_s",
             "compiler_error")
     self.tried.append({key: report[key] for key in keys if key in report})
@@ -237,9 +255,9 @@ class _Search:
 
 def fit(config: ml_collections.ConfigDict, mesh_sizes: dict[str, int], devices: list[jax.Device] | None = None,
         device_memory_gib: float = 0.0) -> dict:
-  """Plans `fit_candidates` in order until one fits: the first that fits is `chosen` (None if none
-  does), and `tried` summarises each plan. On CPU the fit is peak <= device_memory_gib; the TPU
-  compiler refuses what does not fit its device by itself."""
+  """Plans `fit_candidates` in order until one fits (peak <= the device's memory, and for a TPU
+  compiler, accepted by it): the first that fits is `chosen` (None if none does), and `tried`
+  summarises each plan."""
   search = _Search(config, mesh_sizes, devices, device_memory_gib, "--fit")
   for policy, microbatches in fit_candidates(config, mesh_sizes):
     report = search.plan(policy, microbatches, config.batch_size)
@@ -315,7 +333,8 @@ def main(argv: Sequence[str]) -> None:
     output = search(_CONFIG.value, mesh_sizes, devices, _DEVICE_MEMORY_GIB.value)
     report = output["chosen"]
   else:
-    output = report = judge_fit(plan(_CONFIG.value, mesh_sizes, devices), _DEVICE_MEMORY_GIB.value)
+    memory_gib = usable_memory_gib(devices, _DEVICE_MEMORY_GIB.value)
+    output = report = judge_fit(plan(_CONFIG.value, mesh_sizes, devices), memory_gib)
   if report and _PEAK_TFLOPS.value and report.get("analytic_gflops_per_step"):
     report.update(time_estimate(report, _CONFIG.value.num_steps, _PEAK_TFLOPS.value, _MFU.value))
   print(json.dumps(output, indent=2))

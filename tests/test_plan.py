@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+import types
 
 import jax
 import pytest
 
 from jaxprompt import distributed, experiment
 from jaxprompt.models.t5_config import T5Config
-from jaxprompt.plan import fit, fit_candidates, largest_batch, parse_mesh, plan, time_estimate, tpu_devices
+from jaxprompt.plan import (fit, fit_candidates, judge_fit, largest_batch, parse_mesh, plan, time_estimate, tpu_devices,
+                            usable_memory_gib)
 from jaxprompt.weights.t5_loader import abstract_t5_params
 from tests.run_configs import tiny_config
 
@@ -75,6 +77,17 @@ def test_the_time_estimate_bills_every_device():
   estimate = time_estimate({"analytic_gflops_per_step": 445_800.0, "devices": 8}, 30_000, 197.0, 0.4)
   assert estimate["step_s"] == pytest.approx(445.8 / (8 * 197 * 0.4), abs=1e-3)
   assert estimate["device_hours_for_num_steps"] == pytest.approx(8 * estimate["hours_for_num_steps"], rel=1e-2)
+
+
+def test_a_tpu_plan_is_judged_by_its_whole_peak_against_the_hbm_libtpu_says_is_usable():
+  v5e = types.SimpleNamespace(device_kind="TPU v5 lite")
+  assert usable_memory_gib([v5e], 0.0) == 15.75
+  assert usable_memory_gib([v5e], 12.0) == 12.0  # --device_memory_gib wins
+  assert usable_memory_gib(None, 0.0) == 0.0  # simulated CPU devices: no judgement unless asked
+  with pytest.raises(ValueError, match="'TPU v9'.*--device_memory_gib"):
+    usable_memory_gib([types.SimpleNamespace(device_kind="TPU v9")], 0.0)
+  # libtpu accepted T5-XXL at batch 64 on a v5e-8: its temporaries fit, not beside the weights.
+  assert judge_fit({"peak_gib_per_device": 16.768}, 15.75)["fits"] is False
 
 
 def test_a_tpu_plan_without_its_compiler_or_with_a_bad_slice_name_says_how_to_get_one():
