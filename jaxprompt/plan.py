@@ -134,14 +134,11 @@ TPU_USABLE_HBM_GIB = {"TPU v3": 15.48, "TPU v4": 30.75, "TPU v5 lite": 15.75, "T
 
 
 def usable_memory_gib(devices: list[jax.Device] | None, given_gib: float) -> float:
-  """The per-device memory a plan must fit: `given_gib` (--device_memory_gib), else a TPU's usable
-  HBM; 0.0 (no judgement) for simulated devices without one."""
+  """The per-device memory a plan must fit: `given_gib` (--device_memory_gib), else a known TPU's
+  usable HBM; 0.0 (no judgement) for simulated devices or a TPU not in the table."""
   if given_gib or not devices:
     return given_gib
-  kind = devices[0].device_kind
-  if kind not in TPU_USABLE_HBM_GIB:
-    raise ValueError(f"no usable HBM is known for {kind!r}: give its per-device memory as --device_memory_gib")
-  return TPU_USABLE_HBM_GIB[kind]
+  return TPU_USABLE_HBM_GIB.get(devices[0].device_kind, 0.0)
 
 
 def tpu_devices(topology: str) -> list[jax.Device]:
@@ -232,7 +229,8 @@ class _Search:
                devices: list[jax.Device] | None, device_memory_gib: float, flag: str):
     device_memory_gib = usable_memory_gib(devices, device_memory_gib)
     if not device_memory_gib:
-      raise ValueError(f"{flag} needs --device_memory_gib (the per-device memory to fit) or --tpu_topology")
+      unknown = f" (no usable HBM is known for {devices[0].device_kind!r})" if devices else " or --tpu_topology"
+      raise ValueError(f"{flag} needs --device_memory_gib, the per-device memory to fit{unknown}")
     self.config, self.mesh_sizes, self.devices, self.device_memory_gib = config, mesh_sizes, devices, device_memory_gib
     self.tried = []
 

@@ -56,7 +56,7 @@ def test_fit_takes_the_least_recomputation_that_fits_then_microbatches():
   hopeless = fit(config, MESH, device_memory_gib=1e-6)
   assert hopeless["chosen"] is None and len(hopeless["tried"]) == 1
   assert "weights and optimizer state alone exceed" in hopeless["why"]
-  with pytest.raises(ValueError, match="--fit needs --device_memory_gib"):
+  with pytest.raises(ValueError, match="--fit needs --device_memory_gib.* or --tpu_topology"):
     fit(config, MESH)
 
 
@@ -84,8 +84,8 @@ def test_a_tpu_plan_is_judged_by_its_whole_peak_against_the_hbm_libtpu_says_is_u
   assert usable_memory_gib([v5e], 0.0) == 15.75
   assert usable_memory_gib([v5e], 12.0) == 12.0  # --device_memory_gib wins
   assert usable_memory_gib(None, 0.0) == 0.0  # simulated CPU devices: no judgement unless asked
-  with pytest.raises(ValueError, match="'TPU v9'.*--device_memory_gib"):
-    usable_memory_gib([types.SimpleNamespace(device_kind="TPU v9")], 0.0)
+  with pytest.raises(ValueError, match=r"--fit needs --device_memory_gib.*no usable HBM is known for 'TPU v9'"):
+    fit(tiny_config(), MESH, [types.SimpleNamespace(device_kind="TPU v9")])
   # libtpu accepted T5-XXL at batch 64 on a v5e-8: its temporaries fit, not beside the weights.
   assert judge_fit({"peak_gib_per_device": 16.768}, 15.75)["fits"] is False
 
