@@ -153,7 +153,7 @@ def load_prompt_params(exp: experiment.Experiment, path: str) -> tuple[Any, Any,
     step = step if step is not None else checkpoints.best_step() or checkpoints.latest_step()
     if step is None:
       raise FileNotFoundError(f"{workdir / 'checkpoints'} holds no finished checkpoint")
-    state, _ = checkpoints.restore(step, exp.abstract_state(), exp.checkpoint_meta(fresh))
+    state, _ = checkpoints.restore(step, exp.abstract_state, exp.checkpoint_meta(fresh))
   finally:
     checkpoints.close()
   return exp.method, state.params, f"{workdir / 'checkpoints' / str(step)}"

@@ -188,6 +188,7 @@ class Experiment:
     """Step and optimizer state beside the params; XLA lays the moments out like the params they track."""
     return jax.jit(functools.partial(steps.init_train_state, optimizer=self.optimizer))(params)
 
+  @functools.cached_property  # read by the train step's out_shardings and by every restore
   def abstract_state(self) -> steps.TrainState:
     """The TrainState's shapes with their shardings, for restoring into and compiling against.
     Nothing is placed on the mesh: the planner's compile-only TPU devices cannot hold arrays."""
@@ -218,7 +219,7 @@ class Experiment:
         steps.train_step, loss_sum=self.backbone.loss_sum(self.method, labels), optimizer=self.optimizer,
         schedule=self.schedule, num_microbatches=self.config.num_microbatches,
     )
-    state_shardings = jax.tree.map(lambda x: x.sharding, self.abstract_state())
+    state_shardings = jax.tree.map(lambda x: x.sharding, self.abstract_state)
     return jax.jit(fn, out_shardings=(state_shardings, self.replicated), donate_argnums=(0,))
 
   def eval_step(self):

@@ -161,7 +161,7 @@ def plan(config: ml_collections.ConfigDict, mesh_sizes: dict[str, int], devices:
   compile time and FLOPs."""
   mesh = sharding_lib.make_mesh(mesh_sizes, devices)
   exp = abstract_experiment(config, mesh)
-  state, train_step = exp.abstract_state(), exp.train_step()
+  state, train_step = exp.abstract_state, exp.train_step()
   batch = abstract_batch(config, exp.batch_sharding)
   rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=NamedSharding(mesh, P()))
   frozen_bytes = sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(exp.frozen))
@@ -245,7 +245,7 @@ class _Search:
 
   def weights_alone_exceed(self, report: dict) -> str | None:
     """Why nothing smaller can fit, when the weights and optimizer state alone exceed the device."""
-    if self.device_memory_gib and report.get("arguments_gib_per_device", 0.0) > self.device_memory_gib:
+    if report.get("arguments_gib_per_device", 0.0) > self.device_memory_gib:
       return ("the weights and optimizer state alone exceed the device: "
               f"{report['arguments_gib_per_device']} > {self.device_memory_gib} GiB; shard over more devices")
     return None

@@ -106,7 +106,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if latest is None:
     state = exp.init_state(params)
   else:
-    state, data_state = checkpoints.restore(latest, exp.abstract_state(), meta)
+    state, data_state = checkpoints.restore(latest, exp.abstract_state, meta)
     train_iter.set_state(data_state["iterator"])
     best = BestTracker(config.best_metric, best_mode, data_state["best"])
     log.info("resumed from %s at step %d", workdir / "checkpoints", latest)

@@ -98,7 +98,7 @@ def test_a_tpu_plan_without_its_compiler_or_with_a_bad_slice_name_says_how_to_ge
 def test_the_abstract_state_matches_the_real_one_and_allocates_nothing():
   exp = experiment.build(tiny_config())
   real = exp.init_state(exp.init_params(jax.random.key(0)))
-  abstract = exp.abstract_state()
+  abstract = exp.abstract_state
   assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(abstract))
   assert jax.tree.structure(abstract) == jax.tree.structure(real)
   for a, r in zip(jax.tree.leaves(abstract), jax.tree.leaves(real)):
