@@ -29,7 +29,6 @@ os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 from pathlib import Path  # noqa: E402
 
-import jax  # noqa: E402
 import pytest  # noqa: E402
 
 SHARED_DATA = Path(
@@ -43,12 +42,3 @@ def shared_data() -> Path:
   if not SHARED_DATA.is_dir():
     raise FileNotFoundError(f"shared test data not found at {SHARED_DATA}; set JAXPROMPT_SHARED_DATA")
   return SHARED_DATA
-
-
-def pytest_collection_modifyitems(config, items):
-  """GPU-marked tests skip only when there is no GPU."""
-  has_gpu = any(d.platform == "gpu" for d in jax.devices()) if os.environ.get("JAX_PLATFORMS") != "cpu" else False
-  skip = pytest.mark.skip(reason="no GPU present")
-  for item in items:
-    if "gpu" in item.keywords and not has_gpu:
-      item.add_marker(skip)
