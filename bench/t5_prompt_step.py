@@ -1,6 +1,6 @@
 """The product's T5 prompt-tuning train step at any size with random frozen weights, for benchmarks.
 
-It is the step `python -m jaxprompt.train` runs (steps.train_step over seq2seq_steps.loss_sum, a
+It is the step `python -m jaxprompt.train` runs (steps.train_step over objectives.seq2seq.loss_sum, a
 SoftPrompt prepended to the input, the frozen weights an argument and the state donated), built
 without a tokenizer or data: every token valid, so "non-pad tokens" are batch x (P + L + T).
 """
@@ -19,7 +19,7 @@ import numpy as np
 import optax
 
 from jaxprompt import steps
-from jaxprompt.backbones import Backbone
+from jaxprompt.backbones import FAMILIES, Backbone
 from jaxprompt.models.t5 import T5
 from jaxprompt.models.t5_config import T5Config
 from jaxprompt.prompts import initializers
@@ -88,7 +88,7 @@ class PromptStep:
   def __init__(self, config: T5Config, shape: Shape, frozen: Any = None,
                optimizer: optax.GradientTransformation | None = None):
     self.config, self.shape = config, shape
-    backbone = Backbone("t5", config, None, tokenizer=None, codec=None)
+    backbone = Backbone(FAMILIES["t5"], config, None, tokenizer=None, codec=None)
     method = SoftPrompt(shape.prompt_len, config.d_model, initializers.uniform())
     optimizer = optimizer or optax.adam(1e-3)
     self.frozen = random_frozen(config) if frozen is None else frozen

@@ -86,7 +86,7 @@ def make_method(
       raise ValueError(
           f"config.prompt.method='p_tuning_v2' trains a classification head: task {task.spec.name!r} has no classes"
       )
-    return DeepPromptWithHead(prompt.length, shapes, backbone.embed_dim, num_labels, "token" if tagging else "sequence")
+    return DeepPromptWithHead(prompt.length, shapes, backbone.hidden_dim, num_labels, "token" if tagging else "sequence")
   if prompt.method == "p_tuning":
     (task,) = _single(tasks, "p_tuning")
     count = task.spec.num_pseudo_tokens

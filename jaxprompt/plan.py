@@ -24,7 +24,10 @@ compiler, by default the usable HBM it states). The report lists every setting t
 `--largest_batch` keeps the config's remat and microbatches and finds the largest global batch
 that fits, doubling then bisecting.
 
-Only T5 (`model.size` presets) is planned: the backbone comes from its size, not its checkpoint.
+Every backbone family is planned. The backbone's config is read without its weights: a local
+checkpoint's config.json (or GGUF metadata, or T5X shapes); for T5 given as a Hub id, the preset of
+`model.size` (T5 configs name the published checkpoint of their size); for other families, the Hub
+checkpoint's config; with no checkpoint, the `model.size` preset.
 """
 
 from __future__ import annotations
@@ -75,13 +78,10 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from jaxprompt import experiment  # noqa: E402
-from jaxprompt.flops import t5_prompt_tuning_flops  # noqa: E402
 from jaxprompt import sharding as sharding_lib  # noqa: E402
-from jaxprompt.backbones import Backbone  # noqa: E402
+from jaxprompt.backbones import Backbone, abstract_backbone  # noqa: E402
 from jaxprompt.models.layers import REMAT_BY_RECOMPUTATION  # noqa: E402
-from jaxprompt.models.t5_config import T5Config  # noqa: E402
 from jaxprompt.optimizers import make_optimizer  # noqa: E402
-from jaxprompt.weights.t5_loader import abstract_t5_params  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file (configs/*.py[:args]).")
 _MESH = flags.DEFINE_string("mesh", "data:1,fsdp:1,tensor:1", "Target mesh, e.g. data:1,fsdp:4,tensor:1.")
@@ -98,14 +98,8 @@ GIB = 2.0**30
 
 
 def abstract_experiment(config: ml_collections.ConfigDict, mesh) -> experiment.Experiment:
-  """The run's Experiment with a T5 backbone of abstract, sharded weights (nothing allocated)."""
-  model = config.model
-  if model.family != "t5":
-    raise ValueError(f"config.model.family={model.family!r}: the planner builds T5 backbones from their size")
-  t5 = T5Config.preset(model.size, param_dtype=model.param_dtype, dtype=model.dtype, scan_layers=model.scan_layers,
-                       remat_policy=model.remat_policy, dropout_rate=model.dropout_rate)
-  frozen = {"params": sharding_lib.abstract_with_shardings(abstract_t5_params(t5), mesh, tuple(config.rules))}
-  backbone = Backbone("t5", t5, frozen, tokenizer=None, codec=None)
+  """The run's Experiment with a backbone of abstract, sharded weights (nothing allocated)."""
+  backbone = abstract_backbone(config.model, mesh, tuple(config.rules))
   tasks = experiment.tasks_from_config(config)
   prompt = config.prompt.copy_and_resolve_references()
   prompt.init = "uniform"  # the vocabulary-based inits read weights the planner does not have
@@ -167,13 +161,13 @@ def plan(config: ml_collections.ConfigDict, mesh_sizes: dict[str, int], devices:
   frozen_bytes = sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(exp.frozen))
   device = mesh.devices.flat[0]
   report = {
-      "model": f"t5-{config.model.size}", "mesh": dict(mesh.shape), "devices": mesh.size,
+      "model": _model_name(config.model), "mesh": dict(mesh.shape), "devices": mesh.size,
       "compiled_for": device.device_kind if device.platform == "tpu" else "simulated CPU devices (XLA:CPU)",
       "batch_size": config.batch_size, "num_microbatches": config.num_microbatches,
       "tokens": f"{config.prompt.length}+{config.data.max_input_len}/{config.data.max_target_len}",
       "remat_policy": config.model.remat_policy, "param_dtype": config.model.param_dtype,
       "frozen_weights_gib_per_device": round(frozen_bytes / GIB, 3),
-      "analytic_gflops_per_step": analytic_gflops(config, exp.backbone.config),
+      "analytic_gflops_per_step": analytic_gflops(config, exp.backbone),
   }
   with sharding_lib.activate(exp.mesh, exp.rules):
     start = time.perf_counter()
@@ -301,13 +295,18 @@ def largest_batch(config: ml_collections.ConfigDict, mesh_sizes: dict[str, int],
   return result
 
 
-def analytic_gflops(config: ml_collections.ConfigDict, t5: T5Config) -> float | None:
-  """Matmul GFLOPs of one prompt-tuning step (P soft tokens in the encoder); None for other methods."""
+def analytic_gflops(config: ml_collections.ConfigDict, backbone: Backbone) -> float | None:
+  """Matmul GFLOPs of one prompt-tuning step (P soft tokens in the input); None for other methods
+  and for families without an analytic count."""
   if config.prompt.method != "prompt_tuning":
     return None
-  flops = t5_prompt_tuning_flops(t5, config.batch_size, config.prompt.length, config.data.max_input_len,
-                                 config.data.max_target_len)
-  return round(flops.prompt_step / 1e9, 3)
+  flops = backbone.family.step_flops(backbone.config, config.batch_size, config.prompt.length,
+                                     config.data.max_input_len, config.data.max_target_len)
+  return None if flops is None else round(flops.prompt_step / 1e9, 3)
+
+
+def _model_name(model: ml_collections.ConfigDict) -> str:
+  return f"{model.family}:{model.checkpoint}" if model.checkpoint else f"{model.family}-{model.size}"
 
 
 def time_estimate(report: dict, num_steps: int, peak_tflops: float, mfu: float) -> dict:

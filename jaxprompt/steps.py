@@ -1,7 +1,7 @@
 """The train step, whatever the backbone: gradients w.r.t. the prompt only.
 
 A backbone family supplies `loss_sum(prompt_params, frozen, batch, rng) -> (summed loss, count)`
-(seq2seq_steps.py for T5, causal_lm_steps.py for decoders). Bind the static pieces with
+(objectives/: seq2seq.py for T5, causal_lm.py for decoders, ...). Bind the static pieces with
 functools.partial and jit with explicit shardings (experiment.py). The frozen backbone is an
 argument, never part of the state, never donated.
 """

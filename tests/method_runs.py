@@ -37,7 +37,14 @@ def _minilm(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return config
 
 
-def _small(config: ml_collections.ConfigDict, **overrides) -> ml_collections.ConfigDict:
+def tiny_albert(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A random 2-layer ALBERT (factorised embeddings, one shared layer) with MiniLM's vocabulary."""
+  config.model.family, config.model.checkpoint, config.model.size = "albert", "", "tiny"
+  config.model.tokenizer = str(minilm_dir())
+  return config
+
+
+def small(config: ml_collections.ConfigDict, **overrides) -> ml_collections.ConfigDict:
   return apply_overrides(localized(config), **{**_SMALL, **overrides})
 
 
@@ -63,24 +70,24 @@ def conll_config(folder: Path, **overrides) -> ml_collections.ConfigDict:
   train, evaluation = write_conll(folder)
   config = _minilm(p_tuning_v2.get_config("task=conll2003"))
   config.data.train.files, config.data.eval.files = (train,), (evaluation,)
-  return _small(config, **{"prompt.length": 4, "optimizer.learning_rate": 3e-2, **overrides})
+  return small(config, **{"prompt.length": 4, "optimizer.learning_rate": 3e-2, **overrides})
 
 
 CASES: dict[str, Callable[..., ml_collections.ConfigDict]] = {
     # Every attention kind of T5, with the MLP reparameterisation.
-    "prefix_tuning-t5": lambda **o: _small(_t5(small_sst2_files(prefix_tuning.get_config("size=tiny,data=local"))), **o),
-    "prefix_tuning-llama": lambda **o: _small(_tiny_llama(small_sst2_files(prefix_tuning.get_config("model=smollm,data=local"))),
+    "prefix_tuning-t5": lambda **o: small(_t5(small_sst2_files(prefix_tuning.get_config("size=tiny,data=local"))), **o),
+    "prefix_tuning-llama": lambda **o: small(_tiny_llama(small_sst2_files(prefix_tuning.get_config("model=smollm,data=local"))),
                                               **{"prompt.length": 4, "prompt.reparam_hidden": 16,
                                                  "optimizer.learning_rate": 1e-2, **o}),
-    "p_tuning-t5": lambda **o: _small(_t5(small_sst2_files(p_tuning.get_config("model=t5,size=tiny,data=local"))),
+    "p_tuning-t5": lambda **o: small(_t5(small_sst2_files(p_tuning.get_config("model=t5,size=tiny,data=local"))),
                                       **{"optimizer.learning_rate": 3e-2, **o}),
-    "p_tuning-llama": lambda **o: _small(_tiny_llama(small_sst2_files(p_tuning.get_config("data=local"))),
+    "p_tuning-llama": lambda **o: small(_tiny_llama(small_sst2_files(p_tuning.get_config("data=local"))),
                                          **{"optimizer.learning_rate": 3e-2, **o}),
-    "p_tuning_v2-bert": lambda **o: _small(_minilm(small_sst2_files(p_tuning_v2.get_config("task=sst2,data=local"))),
+    "p_tuning_v2-bert": lambda **o: small(_minilm(small_sst2_files(p_tuning_v2.get_config("task=sst2,data=local"))),
                                            **{"prompt.length": 4, "optimizer.learning_rate": 3e-2, **o}),
-    "p_tuning_v2-llama": lambda **o: _small(_tiny_llama(small_sst2_files(p_tuning.get_config("data=local"))), **{
+    "p_tuning_v2-llama": lambda **o: small(_tiny_llama(small_sst2_files(p_tuning.get_config("data=local"))), **{
         "prompt.method": "p_tuning_v2", "prompt.length": 4, "task.template": "Review: {sentence} Sentiment:",
         "loss_over": "vocabulary", "optimizer.learning_rate": 3e-2, **o}),
-    "multi_task-t5": lambda **o: _small(_t5(multi_task.get_config("size=tiny,tasks=cb+rte,data=local")),
+    "multi_task-t5": lambda **o: small(_t5(multi_task.get_config("size=tiny,tasks=cb+rte,data=local")),
                                         **{"data.max_input_len": 256, "data.bucket_lengths": (64, 128, 256), **o}),
 }

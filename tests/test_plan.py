@@ -8,11 +8,12 @@ import types
 import jax
 import pytest
 
-from jaxprompt import distributed, experiment
+from jaxprompt import distributed, experiment, sharding
 from jaxprompt.models.t5_config import T5Config
-from jaxprompt.plan import (fit, fit_candidates, judge_fit, largest_batch, parse_mesh, plan, time_estimate, tpu_devices,
+from jaxprompt.plan import (abstract_experiment, fit, fit_candidates, judge_fit, largest_batch, parse_mesh, plan, time_estimate, tpu_devices,
                             usable_memory_gib)
 from jaxprompt.weights.t5_loader import abstract_t5_params
+from tests.method_runs import CASES
 from tests.run_configs import tiny_config
 
 MESH = {"data": 2, "fsdp": 4, "tensor": 1}
@@ -33,6 +34,28 @@ def test_the_plan_counts_the_sharded_weights_and_shrinks_with_remat():
   remat = plan(config, MESH)
   assert remat["temporaries_gib_per_device"] < plain["temporaries_gib_per_device"]
   assert remat["frozen_weights_gib_per_device"] == plain["frozen_weights_gib_per_device"]
+
+
+def test_every_family_is_planned_from_its_checkpoints_config_without_reading_weights(monkeypatch):
+  from jaxprompt.weights import placement
+
+  def no_weights(*args, **kwargs):
+    raise AssertionError("the planner read a weight")
+
+  monkeypatch.setattr(placement, "load_params", no_weights)
+  minilm = CASES["p_tuning_v2-bert"]()  # the real MiniLM: its config.json, pooler told by its tensor names
+  report = plan(minilm, MESH)
+  assert report["model"] == f"bert:{minilm.model.checkpoint}" and report["peak_gib_per_device"] > 0
+  weights_gib = 22_713_216 * 4 / 2**30  # all-MiniLM-L6-v2's parameters in float32, over fsdp=4 (norms and biases whole)
+  assert weights_gib / 4 - 0.001 <= report["frozen_weights_gib_per_device"] < weights_gib / 2  # reported to 3 decimals
+  assert report["analytic_gflops_per_step"] is None  # no analytic count for encoders
+
+  smollm = CASES["prefix_tuning-llama"]()
+  smollm.model.checkpoint = smollm.model.tokenizer  # the GGUF file: its metadata is the config
+  smollm.prompt.method, smollm.loss_over = "prompt_tuning", "vocabulary"
+  llama = abstract_experiment(smollm, sharding.make_mesh(MESH)).backbone.config
+  assert (llama.num_layers, llama.hidden_size, llama.num_kv_heads, llama.vocab_size) == (30, 576, 3, 49152)
+  assert plan(smollm, MESH)["peak_gib_per_device"] > 0
 
 
 def test_fit_takes_the_least_recomputation_that_fits_then_microbatches():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -58,23 +59,38 @@ def load_bert(
   ...). Params are created in `param_dtype` (bf16 by default: frozen weights only ever feed bf16
   matmuls) and placed in the sharding the rules give them on `mesh` (one device when None).
   """
+  files, source, layout = open_encoder_checkpoint(checkpoint, cache_dir, detect_layout, "BERT")
+  config = (config or encoder_config(BertConfig, files, layout)).replace(param_dtype=param_dtype, **overrides)
+  return config, load_bert_params(config, source, layout, mesh, rules)
+
+
+def read_bert_config(checkpoint: str, cache_dir: str | None = None) -> BertConfig:
+  """The config of a checkpoint's config.json, with the pooler and MLM head its tensors hold; no weights read."""
+  files, _, layout = open_encoder_checkpoint(checkpoint, cache_dir, detect_layout, "BERT")
+  return encoder_config(BertConfig, files, layout)
+
+
+def open_encoder_checkpoint(
+    checkpoint: str, cache_dir: str | None, detect: Callable[[TensorSource], Any], family: str
+) -> tuple[checkpoint_files.CheckpointFiles, TensorSource, Any]:
+  """An encoder checkpoint's files, its tensors (not read yet) and the layout `detect` reads off their names."""
   files = checkpoint_files.resolve(checkpoint, cache_dir)
   if files.format not in _FORMATS:
     raise ValueError(
-        f"{files.weights}: a {files.format} checkpoint; the BERT loader reads Hugging Face PyTorch "
+        f"{files.weights}: a {files.format} checkpoint; the {family} loader reads Hugging Face PyTorch "
         "names from safetensors or pytorch_model.bin files"
     )
   source = files.open()
-  layout = detect_layout(source)
-  if config is None:
-    if files.config is None:
-      raise FileNotFoundError(f"{files.weights}: no config.json next to it; pass config=BertConfig(...)")
-    hf = json.loads(files.config.read_text())
-    config = BertConfig.from_hf(
-        hf, has_pooler=layout.has_pooler, has_mlm_head=layout.mlm_head is not None, source=str(files.config)
-    )
-  config = config.replace(param_dtype=param_dtype, **overrides)
-  return config, load_bert_params(config, source, layout, mesh, rules)
+  return files, source, detect(source)
+
+
+def encoder_config(config_class: type, files: checkpoint_files.CheckpointFiles, layout: Any) -> Any:
+  """`config_class.from_hf` of the checkpoint's config.json, the pooler and MLM head told by its tensors."""
+  if files.config is None:
+    raise FileNotFoundError(f"{files.weights}: no config.json next to it; pass config={config_class.__name__}(...)")
+  hf = json.loads(files.config.read_text())
+  return config_class.from_hf(hf, has_pooler=layout.has_pooler, has_mlm_head=layout.mlm_head is not None,
+                              source=str(files.config))
 
 
 def load_bert_params(

@@ -44,6 +44,19 @@ def load_llama(
   GGUF files are dequantised tensor by tensor (the file's quantised blocks never become a float
   model in memory at once) and their config is read from the file's metadata.
   """
+  source, hf_config, where = _open(checkpoint, cache_dir)
+  config = config or _read_config(source, hf_config, where)
+  config = config.replace(param_dtype=param_dtype, **overrides)
+  return config, load_llama_params(config, source, mesh, rules)
+
+
+def read_llama_config(checkpoint: str, cache_dir: str | None = None) -> LlamaConfig:
+  """The config of an HF checkpoint's config.json or a GGUF file's metadata; no weights read."""
+  return _read_config(*_open(checkpoint, cache_dir))
+
+
+def _open(checkpoint: str, cache_dir: str | None) -> tuple[TensorSource, dict[str, Any], str]:
+  """The checkpoint's tensors, its HF-style config and where that config came from."""
   if str(checkpoint).endswith(".gguf"):
     from jaxprompt.weights import gguf
 
@@ -56,12 +69,13 @@ def load_llama(
     if files.config is None:
       raise FileNotFoundError(f"{files.weights}: no config.json next to it")
     source, hf_config, where = files.open(), json.loads(files.config.read_text()), str(files.config)
-  if config is None:
-    config = LlamaConfig.from_hf(hf_config, source=where)
-    # A checkpoint without lm_head ties it to the embedding, whatever the config says.
-    config = config.replace(tie_word_embeddings=config.tie_word_embeddings or LM_HEAD not in source)
-  config = config.replace(param_dtype=param_dtype, **overrides)
-  return config, load_llama_params(config, source, mesh, rules)
+  return source, hf_config, where
+
+
+def _read_config(source: TensorSource, hf_config: dict[str, Any], where: str) -> LlamaConfig:
+  config = LlamaConfig.from_hf(hf_config, source=where)
+  # A checkpoint without lm_head ties it to the embedding, whatever the config says.
+  return config.replace(tie_word_embeddings=config.tie_word_embeddings or LM_HEAD not in source)
 
 
 def load_llama_params(

@@ -89,20 +89,30 @@ def load_t5(
   `param_dtype` (bf16 by default: frozen weights only ever feed bf16 matmuls) and placed in the
   sharding the rules give them on `mesh` (one device when None).
   """
+  files, source, dialect, prefix = _open(checkpoint, cache_dir)
+  config = (config or _read_config(files, source, dialect, prefix)).replace(param_dtype=param_dtype, **overrides)
+  return config, load_t5_params(config, source, dialect, prefix, mesh, rules)
+
+
+def read_t5_config(checkpoint: str, cache_dir: str | None = None) -> T5Config:
+  """The config of a checkpoint (config.json, or a T5X checkpoint's tensor shapes); no weights read."""
+  return _read_config(*_open(checkpoint, cache_dir))
+
+
+def _open(checkpoint: str, cache_dir: str | None) -> tuple[checkpoint_files.CheckpointFiles, TensorSource, Dialect, str]:
   files = checkpoint_files.resolve(checkpoint, cache_dir)
   source = files.open()
-  dialect, prefix = _dialect(files, source)
-  if config is None:
-    if dialect == "t5x":
-      config = infer_t5x_config(source, prefix)
-    elif files.config is None:
-      raise FileNotFoundError(f"{files.weights}: no config.json next to it; pass config=T5Config(...)")
-    else:
-      lm_head = t5_param_sources(T5Config(), dialect, prefix)["decoder/logits_dense/kernel"].names[0]
-      hf = json.loads(files.config.read_text())
-      config = T5Config.from_hf(hf, has_lm_head=lm_head in source, source=str(files.config))
-  config = config.replace(param_dtype=param_dtype, **overrides)
-  return config, load_t5_params(config, source, dialect, prefix, mesh, rules)
+  return files, source, *_dialect(files, source)
+
+
+def _read_config(files: checkpoint_files.CheckpointFiles, source: TensorSource, dialect: Dialect, prefix: str) -> T5Config:
+  if dialect == "t5x":
+    return infer_t5x_config(source, prefix)
+  if files.config is None:
+    raise FileNotFoundError(f"{files.weights}: no config.json next to it; pass config=T5Config(...)")
+  lm_head = t5_param_sources(T5Config(), dialect, prefix)["decoder/logits_dense/kernel"].names[0]
+  hf = json.loads(files.config.read_text())
+  return T5Config.from_hf(hf, has_lm_head=lm_head in source, source=str(files.config))
 
 
 def load_t5_params(

@@ -10,9 +10,9 @@ import pytest
 import torch
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
-from jaxprompt import causal_lm_steps, seq2seq_steps
 from jaxprompt.models.llama import Llama
 from jaxprompt.models.t5 import T5
+from jaxprompt.objectives import causal_lm, seq2seq
 from jaxprompt.prompts.prefix_tuning import AttentionShape, PrefixTuning
 from jaxprompt.weights.llama_loader import load_llama
 from jaxprompt.weights.t5_loader import load_t5
@@ -85,7 +85,7 @@ def test_decoder_only_prefix_tuning_matches_peft(tmp_path, reparam):
            "target_mask": np.ones_like(targets, bool), "example_mask": np.ones(3, bool), "label": np.zeros(3, np.int32)}
 
   def mean_loss(p):
-    total, count = causal_lm_steps.loss_sum(p, frozen, batch, jax.random.key(0), model=Llama(config), method=method)
+    total, count = causal_lm.loss_sum(p, frozen, batch, jax.random.key(0), model=Llama(config), method=method)
     return total / count
 
   loss, grads = jax.value_and_grad(mean_loss)(params)
@@ -130,7 +130,7 @@ def test_t5_decoder_prefix_tuning_matches_peft(tmp_path, reparam):
            "example_mask": np.ones(3, bool)}
 
   def mean_loss(p):
-    total, count = seq2seq_steps.loss_sum(p, frozen, batch, jax.random.key(0), model=T5(config), method=method)
+    total, count = seq2seq.loss_sum(p, frozen, batch, jax.random.key(0), model=T5(config), method=method)
     return total / count
 
   loss, grads = jax.value_and_grad(mean_loss)(params)

@@ -9,8 +9,8 @@ import peft
 import pytest
 import torch
 
-from jaxprompt import seq2seq_steps
 from jaxprompt.models.t5 import T5
+from jaxprompt.objectives import seq2seq
 from jaxprompt.prompts import initializers
 from jaxprompt.prompts.soft_prompt import SoftPrompt
 from jaxprompt.weights.t5_loader import load_t5
@@ -47,7 +47,7 @@ def test_loss_and_prompt_gradient_match_peft(tmp_path, variant):
            "example_mask": np.ones(3, bool)}
 
   def mean_loss(p):
-    total, count = seq2seq_steps.loss_sum(p, frozen, batch, jax.random.key(0), model=T5(config), method=method)
+    total, count = seq2seq.loss_sum(p, frozen, batch, jax.random.key(0), model=T5(config), method=method)
     return total / count
 
   loss, grads = jax.value_and_grad(mean_loss)(params)

@@ -13,6 +13,7 @@ states predict the T target tokens.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -90,3 +91,11 @@ def eval_step(
     out["label_scores"] = scores.reshape(batch_size, num_labels)
   return out
 
+
+def bind_loss(backbone, method: nn.Module, label_token_ids: jax.Array | None):
+  return functools.partial(loss_sum, model=backbone.model, method=method, label_token_ids=label_token_ids)
+
+
+def bind_eval(backbone, method: nn.Module | None, max_decode_len: int):
+  return functools.partial(eval_step, model=backbone.model, method=method, max_decode_len=max_decode_len,
+                           eos_id=backbone.codec.eos_id, pad_id=backbone.codec.pad_id)

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -74,3 +75,13 @@ def eval_step(
     scores = token_log_likelihood(logits, tile(label_targets_CxT), tile(label_mask_CxT))
     out["label_scores"] = scores.reshape(batch_size, num_labels)
   return out
+
+
+def bind_loss(backbone, method: nn.Module, label_token_ids: jax.Array | None):
+  if label_token_ids is not None:
+    raise ValueError("config.loss_over='label_words' is implemented for decoder-only backbones")
+  return functools.partial(loss_sum, model=backbone.training_model, method=method)
+
+
+def bind_eval(backbone, method: nn.Module | None, max_decode_len: int):
+  return functools.partial(eval_step, model=backbone.model, method=method, max_decode_len=max_decode_len)

@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprompt import seq2seq_steps
 from jaxprompt.models.t5 import T5, shift_right
 from jaxprompt.models.t5_config import T5Config
+from jaxprompt.objectives import seq2seq
 from jaxprompt.prompts import initializers
 from jaxprompt.prompts.soft_prompt import SoftPrompt
 
@@ -27,7 +27,7 @@ def test_rank_classification_equals_scoring_each_label_alone():
   batch = {"inputs": inputs, "input_mask": inputs > 0, "targets": targets, "target_mask": targets > 0}
   labels = np.array([[10, 1, 0], [11, 12, 1], [13, 1, 0]], np.int32)
   prompt_params = nn.meta.unbox(METHOD.init(jax.random.key(1), batch))["params"]
-  out = jax.jit(functools.partial(seq2seq_steps.eval_step, model=T5(CONFIG), method=METHOD, max_decode_len=3))(
+  out = jax.jit(functools.partial(seq2seq.eval_step, model=T5(CONFIG), method=METHOD, max_decode_len=3))(
       prompt_params, params, batch, labels, labels > 0)
   prompt = METHOD.apply({"params": prompt_params}, batch)
   forward = jax.jit(T5(CONFIG).apply)

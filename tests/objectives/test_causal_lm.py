@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxprompt import causal_lm_steps
 from jaxprompt.models.llama import Llama
 from jaxprompt.models.llama_config import LlamaConfig
 from jaxprompt.models.llama_decoding import greedy_generate
+from jaxprompt.objectives import causal_lm
 from jaxprompt.prompts import initializers
 from jaxprompt.prompts.soft_prompt import SoftPrompt
 from tests.models.llama_reference import left_padded
@@ -54,7 +54,7 @@ def _sequence_logp(params, prompt_params, inputs, input_mask, answer):
 
 def test_rank_classification_equals_scoring_each_label_alone(setup):
   params, prompt_params, batch = setup
-  out = jax.jit(functools.partial(causal_lm_steps.eval_step, model=Llama(CONFIG), method=METHOD,
+  out = jax.jit(functools.partial(causal_lm.eval_step, model=Llama(CONFIG), method=METHOD,
                                   max_decode_len=4, eos_id=2, pad_id=0))(prompt_params, params, batch, LABELS, LABEL_MASK)
   for b in range(3):
     for c in range(3):
@@ -70,7 +70,7 @@ def test_rank_classification_equals_scoring_each_label_alone(setup):
 def test_label_words_loss_is_a_softmax_over_the_labels(setup):
   params, prompt_params, batch = setup
   label_ids = jnp.array([7, 9, 13])
-  total, count = causal_lm_steps.loss_sum(prompt_params, params, batch, jax.random.key(0), model=Llama(CONFIG),
+  total, count = causal_lm.loss_sum(prompt_params, params, batch, jax.random.key(0), model=Llama(CONFIG),
                                           method=METHOD, label_token_ids=label_ids)
   expected = 0.0
   for b in range(3):

@@ -1,0 +1,46 @@
+"""The frozen backbone of a run, whatever its family: weights, tokenizer, text codec, objective.
+
+`config.model.family` picks one entry of FAMILIES; everything family-specific sits behind its
+`Family` (backbones/base.py). A new family is one module here and one entry in the table.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from jax.sharding import Mesh
+
+from jaxprompt import sharding as sharding_lib
+from jaxprompt.backbones.base import HEAD_OBJECTIVES, Backbone, Family, random_params
+from jaxprompt.backbones.bert import BertFamily
+from jaxprompt.backbones.llama import LlamaFamily
+from jaxprompt.backbones.t5 import T5Family
+
+FAMILIES: dict[str, Family] = {family.name: family for family in (T5Family(), LlamaFamily(), BertFamily())}
+
+__all__ = ["FAMILIES", "HEAD_OBJECTIVES", "Backbone", "Family", "abstract_backbone", "family_of", "load_backbone"]
+
+
+def family_of(model: ml_collections.ConfigDict) -> Family:
+  if model.family not in FAMILIES:
+    raise ValueError(f"config.model.family={model.family!r} is not one of {tuple(FAMILIES)}")
+  return FAMILIES[model.family]
+
+
+def load_backbone(model: ml_collections.ConfigDict, mesh: Mesh, rules) -> Backbone:
+  """The frozen backbone of `config.model`: streamed from its checkpoint, or randomly initialised."""
+  family = family_of(model)
+  tokenizer = family.tokenizer(model)
+  if model.checkpoint:
+    config, frozen = family.load(model, mesh, rules)
+  else:
+    config = family.preset(model, tokenizer)
+    frozen = random_params(family, config, mesh, rules, model.init_seed)
+  return Backbone(family, config, frozen, tokenizer, family.codec(tokenizer, model))
+
+
+def abstract_backbone(model: ml_collections.ConfigDict, mesh: Mesh, rules) -> Backbone:
+  """The backbone's sharded shapes from its config alone, no weights read or allocated (the planner)."""
+  family = family_of(model)
+  config = family.planned_config(model)
+  params = sharding_lib.abstract_with_shardings(family.abstract_params(config), mesh, rules)
+  return Backbone(family, config, {"params": params}, tokenizer=None, codec=None)
