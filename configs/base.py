@@ -34,7 +34,7 @@ def parse_args(arg: str | None, **defaults: str) -> dict[str, str]:
 def base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.model = ml_collections.ConfigDict(dict(
-      family="t5",  # t5 (encoder-decoder) | llama (decoder-only) | bert (encoder; P-tuning v2 only)
+      family="t5",  # t5 (encoder-decoder) | llama (decoder-only) | bert, albert (encoders)
       # Hub id, local HF directory/file, T5X checkpoint or (llama) .gguf file of the frozen
       # backbone; empty: random init of the `size` preset (only sensible for tests and demos).
       checkpoint="",

@@ -10,12 +10,13 @@ import ml_collections
 from jax.sharding import Mesh
 
 from jaxprompt import sharding as sharding_lib
+from jaxprompt.backbones.albert import AlbertFamily
 from jaxprompt.backbones.base import HEAD_OBJECTIVES, Backbone, Family, random_params
 from jaxprompt.backbones.bert import BertFamily
 from jaxprompt.backbones.llama import LlamaFamily
 from jaxprompt.backbones.t5 import T5Family
 
-FAMILIES: dict[str, Family] = {family.name: family for family in (T5Family(), LlamaFamily(), BertFamily())}
+FAMILIES: dict[str, Family] = {family.name: family for family in (T5Family(), LlamaFamily(), BertFamily(), AlbertFamily())}
 
 __all__ = ["FAMILIES", "HEAD_OBJECTIVES", "Backbone", "Family", "abstract_backbone", "family_of", "load_backbone"]
 
