@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from jaxprompt.models.bert_config import _HF_ACTIVATIONS, ACTIVATIONS, REMAT_POLICIES
+from jaxprompt.models.bert_config import HF_ACTIVATIONS, ACTIVATIONS, REMAT_POLICIES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,8 +106,8 @@ class AlbertConfig:
     if hf.get("tie_word_embeddings") is False:
       raise ValueError(f"{source}: tie_word_embeddings=false is not supported; the MLM decoder is the word embeddings")
     hidden_act = hf.get("hidden_act", "gelu_new")  # HF AlbertConfig's default
-    if hidden_act not in _HF_ACTIVATIONS:
-      raise ValueError(f"{source}: hidden_act={hidden_act!r} is not supported; supported: {sorted(_HF_ACTIVATIONS)}")
+    if hidden_act not in HF_ACTIVATIONS:
+      raise ValueError(f"{source}: hidden_act={hidden_act!r} is not supported; supported: {sorted(HF_ACTIVATIONS)}")
     pad = hf.get("pad_token_id")
     return cls(
         vocab_size=hf["vocab_size"],
@@ -121,7 +121,7 @@ class AlbertConfig:
         max_position_embeddings=hf.get("max_position_embeddings", 512),
         type_vocab_size=hf.get("type_vocab_size", 2),
         layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
-        activation=_HF_ACTIVATIONS[hidden_act],
+        activation=HF_ACTIVATIONS[hidden_act],
         pad_token_id=0 if pad is None else pad,
         has_pooler=has_pooler,
         has_mlm_head=has_mlm_head,

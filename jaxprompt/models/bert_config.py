@@ -7,7 +7,7 @@ from typing import Any
 
 # HF `hidden_act` (transformers.activations.ACT2FN) -> layers.activation name. HF's "gelu" is the
 # exact erf GELU; "gelu_new" and "gelu_pytorch_tanh" are both the tanh approximation.
-_HF_ACTIVATIONS = {
+HF_ACTIVATIONS = {
     "gelu": "gelu",
     "gelu_new": "gelu_tanh",
     "gelu_pytorch_tanh": "gelu_tanh",
@@ -96,12 +96,12 @@ class BertConfig:
     if hf.get("is_decoder"):
       raise ValueError(f"{source}: is_decoder=true (a causal BERT) is not supported; the backbone is an encoder")
     hidden_act = hf.get("hidden_act", "gelu")
-    if hidden_act not in _HF_ACTIVATIONS:
-      raise ValueError(f"{source}: hidden_act={hidden_act!r} is not supported; supported: {sorted(_HF_ACTIVATIONS)}")
+    if hidden_act not in HF_ACTIVATIONS:
+      raise ValueError(f"{source}: hidden_act={hidden_act!r} is not supported; supported: {sorted(HF_ACTIVATIONS)}")
     roberta_positions = SUPPORTED_MODEL_TYPES[model_type]
     pad = hf.get("pad_token_id")
     pad = (1 if roberta_positions else 0) if pad is None else pad
-    activation = _HF_ACTIVATIONS[hidden_act]
+    activation = HF_ACTIVATIONS[hidden_act]
     return cls(
         vocab_size=hf["vocab_size"],
         hidden_size=hf["hidden_size"],

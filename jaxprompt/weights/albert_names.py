@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from jaxprompt.models.albert_config import AlbertConfig
-from jaxprompt.weights.bert_names import CheckpointLayout, _module
+from jaxprompt.weights.bert_names import CheckpointLayout, module_sources
 from jaxprompt.weights.placement import ParamSource
 
 BASE_PREFIXES = ("albert.", "")
@@ -51,7 +51,7 @@ def albert_param_sources(c: AlbertConfig, layout: CheckpointLayout) -> dict[str,
   p = layout.prefix
 
   def add(path: str, kind: str, module: str) -> None:
-    sources.update({f"{path}/{param}": src for param, src in _module(kind, [module], False, layout).items()})
+    sources.update({f"{path}/{param}": src for param, src in module_sources(kind, [module], False, layout).items()})
 
   sources["token_embedder/embedding"] = ParamSource((f"{p}embeddings.word_embeddings.weight",))
   sources["embeddings/position_embedding"] = ParamSource((f"{p}embeddings.position_embeddings.weight",))

@@ -60,7 +60,7 @@ class CheckpointLayout:
 
   prefix: str  # "bert.", "roberta." or ""
   has_pooler: bool
-  mlm_head: str | None  # a key of MLM_HEADS, or None
+  mlm_head: str | None  # which head: a key of MLM_HEADS (ALBERT: "predictions"), or None
   names: frozenset[str] = dataclasses.field(repr=False)
 
   def norm(self, module: str) -> tuple[str, str]:
@@ -78,7 +78,7 @@ def detect_layout(names: Collection[str]) -> CheckpointLayout:
   return CheckpointLayout(prefix, f"{prefix}pooler.dense.weight" in names, mlm_head, names)
 
 
-def _module(kind: str, modules: list[str], stacked: bool, layout: CheckpointLayout) -> dict[str, ParamSource]:
+def module_sources(kind: str, modules: list[str], stacked: bool, layout: CheckpointLayout) -> dict[str, ParamSource]:
   """Our params of one module from its HF tensors (one module per layer when stacked)."""
   if kind == "norm":
     pairs = [layout.norm(m) for m in modules]
@@ -96,7 +96,7 @@ def bert_param_sources(c: BertConfig, layout: CheckpointLayout) -> dict[str, Par
   p = layout.prefix
 
   def add(path: str, kind: str, modules: list[str], stacked: bool = False) -> None:
-    sources.update({f"{path}/{param}": src for param, src in _module(kind, modules, stacked, layout).items()})
+    sources.update({f"{path}/{param}": src for param, src in module_sources(kind, modules, stacked, layout).items()})
 
   sources["token_embedder/embedding"] = ParamSource((f"{p}embeddings.word_embeddings.weight",))
   sources["embeddings/position_embedding"] = ParamSource((f"{p}embeddings.position_embeddings.weight",))

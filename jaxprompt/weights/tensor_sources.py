@@ -18,7 +18,7 @@ import ml_dtypes
 import msgpack
 import numpy as np
 
-_SAFETENSORS_DTYPES = {
+SAFETENSORS_DTYPES = {
     "F64": np.float64,
     "F32": np.float32,
     "F16": np.float16,
@@ -89,9 +89,9 @@ def _safetensors_tensors(path: Path) -> dict[str, LazyTensor]:
   data_start = 8 + header_len
   tensors = {}
   for name, info in header.items():
-    if info["dtype"] not in _SAFETENSORS_DTYPES:
+    if info["dtype"] not in SAFETENSORS_DTYPES:
       raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
-    dtype = np.dtype(_SAFETENSORS_DTYPES[info["dtype"]])
+    dtype = np.dtype(SAFETENSORS_DTYPES[info["dtype"]])
     shape = tuple(info["shape"])
     begin, end = info["data_offsets"]
 
