@@ -104,6 +104,12 @@ def base_config() -> ml_collections.ConfigDict:
       eps=1e-8,  # Adam only
   ))
   config.loss_over = "vocabulary"  # vocabulary | label_words (PET: softmax over the label words only)
+  config.cloze = ml_collections.ConfigDict(dict(  # masked LMs scoring a pattern's [MASK] (PET, LM-BFF)
+      # True: label words of several tokens are scored with as many masks (PET with multiple
+      # masks; k = the longest word); False: every label word must be one token.
+      multi_token=False,
+      decoding="max_first",  # several masks at inference: max_first (PET's default) | ltr | parallel
+  ))
   config.icl = ml_collections.ConfigDict(dict(
       num_shots=0,  # GPT-3-style demonstrations from the training data before each eval input
       seed=0,  # which demonstrations each eval example gets

@@ -58,9 +58,7 @@ def evaluate_task(
   EOS, it must also stop there)."""
   config, codec = exp.config, exp.backbone.codec
   has_labels = task.num_classes > 0
-  label_targets, label_mask = (
-      features_lib.label_targets(task, codec, config.data.max_target_len) if has_labels else (None, None)
-  )
+  label_targets, label_mask = exp.label_targets(task) if has_labels else (None, None)
   columns: dict[str, list[np.ndarray]] = {}
   # Shortest first: no metric depends on the examples' order, and a batch of similar lengths pads to
   # a small bucket, where in the data's order most batches would hold one long input and pad to it.
@@ -171,6 +169,6 @@ def evaluate_prompt(config: ml_collections.ConfigDict, prompt_path: str | None) 
   else:
     method, params, where = load_prompt_params(exp, prompt_path)
   logging.getLogger("jaxprompt").info("evaluating %s", where)
-  eval_step = jax.jit(exp.backbone.eval_step(method, config.max_decode_len))
+  eval_step = exp.eval_step_of(method)
   with sharding_lib.activate(exp.mesh, exp.rules):
     return evaluate(eval_step, params, exp.frozen, features, exp)

@@ -125,18 +125,6 @@ def _initializer(prompt: ml_collections.ConfigDict, backbone: Backbone, tasks: t
   raise ValueError(f"config.prompt.init={prompt.init!r} is not one of uniform, vocab, class_labels, file")
 
 
-def label_word_ids(tasks: tuple[TaskData, ...], backbone: Backbone) -> jax.Array:
-  """The one token of each class's label words, for the label-words loss; errors if not one token."""
-  (task,) = _single(tasks, "with config.loss_over='label_words'")
-  ids = [backbone.codec.encode_label(text) for text in task.spec.verbalizer]
-  if any(len(i) != 1 for i in ids) or len({i[0] for i in ids}) != len(ids):
-    raise ValueError(
-        f"config.loss_over='label_words' needs one distinct token per label; the verbalizer "
-        f"{task.spec.verbalizer} tokenizes to {ids}"
-    )
-  return jnp.asarray([i[0] for i in ids], jnp.int32)
-
-
 @dataclasses.dataclass
 class Experiment:
   """Everything built from one config."""
@@ -152,6 +140,11 @@ class Experiment:
   @property
   def frozen(self) -> Any:
     return self.backbone.frozen
+
+  @functools.cached_property
+  def objective_labels(self) -> Any:
+    """What the objective's steps score for this run's tasks (label words, ...), built once."""
+    return self.backbone.objective(self.method).labels(self.tasks, self.backbone, self.config)
 
   @property
   def rules(self):
@@ -214,9 +207,8 @@ class Experiment:
       raise ValueError("config.prompt.method='none' has nothing to train; use python -m jaxprompt.evaluate")
     if self.config.loss_over not in LOSSES:
       raise ValueError(f"config.loss_over={self.config.loss_over!r} is not one of {LOSSES}")
-    labels = label_word_ids(self.tasks, self.backbone) if self.config.loss_over == "label_words" else None
     fn = functools.partial(
-        steps.train_step, loss_sum=self.backbone.loss_sum(self.method, labels), optimizer=self.optimizer,
+        steps.train_step, loss_sum=self.backbone.loss_sum(self.method, self.objective_labels), optimizer=self.optimizer,
         schedule=self.schedule, num_microbatches=self.config.num_microbatches,
     )
     state_shardings = jax.tree.map(lambda x: x.sharding, self.abstract_state)
@@ -224,7 +216,17 @@ class Experiment:
 
   def eval_step(self):
     """The jitted eval step: (prompt params, frozen, batch, label targets, label mask) -> outputs."""
-    return jax.jit(self.backbone.eval_step(self.method, self.config.max_decode_len))
+    return self.eval_step_of(self.method)
+
+  def eval_step_of(self, method: nn.Module | None):
+    """The eval step of another method on this run's backbone and labels (a restored export's
+    collapsed form; None: the frozen model alone)."""
+    return jax.jit(self.backbone.eval_step(method, self.objective_labels, self.config.max_decode_len))
+
+  def label_targets(self, spec: task_spec.TaskSpec):
+    """A task's label texts as the objective's rank classification reads them (or Nones)."""
+    objective = self.backbone.objective(self.method)
+    return objective.label_targets(spec, self.backbone.codec, self.config.data.max_target_len)
 
 
 def _init_batch() -> dict[str, jax.Array]:
@@ -270,7 +272,8 @@ def task_features(exp: Experiment, task: TaskData, split: str) -> list[features_
     pool = readers.read_records(task.train)
     prefix = icl.Demonstrations(pool, task.spec, shots.num_shots, shots.seed, shots.separator).text_before
   feats, stats = features_lib.featurize(  # applies the task's record flattening (MultiRC) itself
-      records, task.spec, exp.backbone.codec, data.max_input_len, data.max_target_len, data.skip_bad_examples, prefix
+      records, task.spec, exp.backbone.codec, data.max_input_len, data.max_target_len, data.skip_bad_examples, prefix,
+      exp.config.cloze.multi_token,
   )
   log.info("%s %s data (%s): %s", task.name or task.spec.name, split, source, stats.summary())
   if split == "eval" and data.max_eval_examples:

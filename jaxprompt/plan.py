@@ -116,7 +116,9 @@ def abstract_batch(config: ml_collections.ConfigDict, sharding: NamedSharding) -
       "targets": ((b, targets), jnp.int32), "target_mask": ((b, targets), jnp.bool_),
       "label": ((b,), jnp.int32), "group": ((b,), jnp.int32), "example_mask": ((b,), jnp.bool_),
       "soft_positions": ((b, length), jnp.int32), "task_id": ((b,), jnp.int32),
-      "token_labels": ((b, length), jnp.int32),
+      "token_labels": ((b, length), jnp.int32), "token_types": ((b, length), jnp.int32),
+      "mask_positions": ((b, 1), jnp.int32), "candidates": ((b, 1, 1), jnp.int32),
+      "candidate_mask": ((b, 1, 1), jnp.bool_),
   }
   return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding) for k, (shape, dtype) in shapes.items()}
 

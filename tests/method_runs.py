@@ -9,7 +9,7 @@ from pathlib import Path
 
 import ml_collections
 
-from configs import multi_task, p_tuning, p_tuning_v2, prefix_tuning
+from configs import cloze, multi_task, p_tuning, p_tuning_v2, prefix_tuning
 from tests.assets import minilm_dir, smollm2_gguf
 from tests.conftest import SHARED_DATA
 from tests.run_configs import apply_overrides, localized, small_sst2_files
@@ -40,6 +40,13 @@ def _minilm(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def tiny_albert(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A random 2-layer ALBERT (factorised embeddings, one shared layer) with MiniLM's vocabulary."""
   config.model.family, config.model.checkpoint, config.model.size = "albert", "", "tiny"
+  config.model.tokenizer = str(minilm_dir())
+  return config
+
+
+def tiny_mlm(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A random 2-layer BERT with an MLM head (or ALBERT, for its family) and MiniLM's vocabulary."""
+  config.model.checkpoint, config.model.size = "", "tiny"
   config.model.tokenizer = str(minilm_dir())
   return config
 
@@ -90,4 +97,13 @@ CASES: dict[str, Callable[..., ml_collections.ConfigDict]] = {
         "loss_over": "vocabulary", "optimizer.learning_rate": 3e-2, **o}),
     "multi_task-t5": lambda **o: small(_t5(multi_task.get_config("size=tiny,tasks=cb+rte,data=local")),
                                         **{"data.max_input_len": 256, "data.bucket_lengths": (64, 128, 256), **o}),
+}
+
+# Cloze patterns on a random MLM: LM-BFF's SST-2 template (one mask), PET's COPA (multiple masks).
+# A soft prompt barely moves a random MLM's mask logits, so these are not in the loss-falls test.
+CLOZE_CASES: dict[str, Callable[..., ml_collections.ConfigDict]] = {
+    "prompt_tuning-bert-cloze": lambda **o: small(
+        tiny_mlm(small_sst2_files(cloze.get_config("recipe=lm_bff,task=sst2,data=local"))), **{"prompt.length": 4, **o}),
+    "prompt_tuning-albert-copa": lambda **o: small(
+        tiny_mlm(cloze.get_config("recipe=pet,task=copa,data=local")), **{"prompt.length": 4, **o}),
 }

@@ -15,7 +15,7 @@ from jaxprompt.checkpoint import load_export
 from jaxprompt.evaluation import evaluate_prompt, load_prompt_params
 from jaxprompt.tasks import pipeline
 from jaxprompt.training import train_and_evaluate
-from tests.method_runs import CASES, conll_config
+from tests.method_runs import CASES, CLOZE_CASES, conll_config
 
 STEPS = 16
 
@@ -34,8 +34,7 @@ def _train_and_check(config) -> tuple[float, float]:
           exp.backbone.codec.pad_inputs_left)
   iterator = pipeline.train_iterator(examples, config.batch_size, config.seed, *args)
   fixed_batches = [pipeline.to_global(b, exp.batch_sharding) for b in pipeline.eval_batches(examples, 8, *args)]
-  labels = experiment.label_word_ids(exp.tasks, exp.backbone) if config.loss_over == "label_words" else None
-  loss_sum = jax.jit(exp.backbone.loss_sum(exp.method, labels))
+  loss_sum = jax.jit(exp.backbone.loss_sum(exp.method, exp.objective_labels))
   step = exp.train_step()
 
   with sharding.activate(exp.mesh, exp.rules):
@@ -80,12 +79,14 @@ def _resumed_run(tmp_path: Path, config, monkeypatch) -> tuple[Path, Path, dict]
 
 # One backbone per method, where it is most its own: T5's three prefix kinds with the MLP, the
 # LSTM encoder on a decoder, the head on an encoder, and the mixture on T5.
-RESUME_CASES = ("prefix_tuning-t5", "p_tuning-llama", "p_tuning_v2-bert", "multi_task-t5")
+# And a cloze pattern's prompt on an MLM, one mask and several.
+RESUME_CASES = ("prefix_tuning-t5", "p_tuning-llama", "p_tuning_v2-bert", "multi_task-t5", "prompt_tuning-bert-cloze",
+                "prompt_tuning-albert-copa")
 
 
 @pytest.mark.parametrize("case", RESUME_CASES)
 def test_resume_is_bitwise_and_the_export_serves_the_same_prompt(case, tmp_path, monkeypatch):
-  config = CASES[case]()
+  config = {**CASES, **CLOZE_CASES}[case]()
   straight, resumed, straight_metrics = _resumed_run(tmp_path, config, monkeypatch)
   exp = experiment.build(config)
   _, a, _ = load_prompt_params(exp, str(straight / "checkpoints" / "4"))

@@ -160,13 +160,14 @@ class Backbone:
     has_head = getattr(method, "objective", None) in HEAD_OBJECTIVES
     return objectives.OBJECTIVES["head" if has_head else self.family.text_objective]
 
-  def loss_sum(self, method: nn.Module, label_token_ids: jax.Array | None = None):
-    """The training loss bound to the model: (prompt params, frozen, batch, rng) -> (sum, count)."""
-    return self.objective(method).bind_loss(self, method, label_token_ids)
+  def loss_sum(self, method: nn.Module, labels: Any = None):
+    """The training loss bound to the model: (prompt params, frozen, batch, rng) -> (sum, count);
+    `labels` is what the objective's `labels()` gave for the run's tasks."""
+    return self.objective(method).bind_loss(self, method, labels)
 
-  def eval_step(self, method: nn.Module | None, max_decode_len: int):
+  def eval_step(self, method: nn.Module | None, labels: Any, max_decode_len: int):
     """The eval step: (prompt params, frozen, batch, label targets, label mask) -> outputs."""
-    return self.objective(method).bind_eval(self, method, max_decode_len)
+    return self.objective(method).bind_eval(self, method, labels, max_decode_len)
 
 
 def random_params(family: Family, config: Any, mesh: Mesh, rules, seed: int) -> Any:

@@ -1,8 +1,10 @@
-"""BERT-style encoders (BERT, RoBERTa, XLM-R, MiniLM, ...): no text to generate; a prompt method with
-its own head (P-tuning v2) classifies the pooled output or tags every token."""
+"""BERT-style encoders (BERT, RoBERTa, XLM-R, MiniLM, ...): no text to generate. A cloze pattern's
+[MASK] is scored for the label words (PET, LM-BFF; MLM checkpoints), or a prompt method with its
+own head (P-tuning v2) classifies the pooled output or tags every token."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -14,14 +16,16 @@ from jaxprompt.models.bert import Bert
 from jaxprompt.models.bert_config import BertConfig
 from jaxprompt.prompts.prefix_tuning import AttentionShape
 from jaxprompt.tasks.codec import TextCodec, bert_codec
+from jaxprompt.tasks.patterns import ClozeTokens
 from jaxprompt.weights.bert_loader import load_bert, read_bert_config
 from jaxprompt.weights.hf_tokenizer import load_hf_tokenizer
 
 
 class BertFamily(Family):
   name = "bert"
-  methods = ("p_tuning_v2",)
-  text_objective = "head"  # an encoder has no text output: only methods with a head train on it
+  # P-tuning v1 places pseudo tokens at a template's [Pi] markers, which cloze patterns do not have.
+  methods = ("prompt_tuning", "prefix_tuning", "p_tuning_v2", "none")
+  text_objective = "cloze"
 
   def load(self, model: ml_collections.ConfigDict, mesh, rules) -> tuple[BertConfig, Any]:
     return load_bert(model.checkpoint, mesh=mesh, rules=rules, param_dtype=model.param_dtype, **run_fields(model))
@@ -33,7 +37,7 @@ class BertFamily(Family):
     if model.size != "tiny":
       raise ValueError(f"config.model.size={model.size!r}: a random BERT backbone is only offered as 'tiny'")
     return BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_heads=4, num_layers=2,
-                      intermediate_size=64, param_dtype=model.param_dtype, **run_fields(model))
+                      intermediate_size=64, has_mlm_head=True, param_dtype=model.param_dtype, **run_fields(model))
 
   def init_params(self, config: BertConfig, key: jax.Array) -> Any:
     ids = dummy_ids()
@@ -46,7 +50,8 @@ class BertFamily(Family):
     return load_hf_tokenizer(model.tokenizer or model.checkpoint)
 
   def codec(self, tokenizer: Any, model: ml_collections.ConfigDict) -> TextCodec:
-    return bert_codec(tokenizer)
+    cloze = ClozeTokens.from_hf(tokenizer) if tokenizer.mask_id is not None else None
+    return dataclasses.replace(bert_codec(tokenizer), cloze=cloze)
 
   def embed_dim(self, config: BertConfig) -> int:
     return config.hidden_size

@@ -187,14 +187,13 @@ class AlbertMLMHead(nn.Module):
   token_embedder: layers.Embed
 
   @nn.compact
-  def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+  def __call__(self, x_BxTxD: jax.Array, token_ids_W: jax.Array | None = None) -> jax.Array:
     c = self.config
     h_BxTxE = layers.activation(c.activation)(_dense(c, c.embedding_size, "mlp", "dense")(x_BxTxD))
     h_BxTxE = _norm(c, "norm")(h_BxTxE)
     zeros = nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",))
     bias = self.param("bias", zeros, (c.vocab_size,), c.param_dtype)
-    logits = self.token_embedder.attend(h_BxTxE) + bias.astype(jnp.float32)
-    return layers.constrain(logits, ("batch", "length", "vocab"))
+    return layers.tied_logits(self.token_embedder, h_BxTxE, bias, token_ids_W)
 
 
 class Albert(nn.Module):
@@ -222,8 +221,9 @@ class Albert(nn.Module):
       self.mlm_head(x_BxTxD)  # creates the head's params; its logits come from mlm_logits
     return BertOutput(x_BxTxD, mask_BxT, pooled_BxD)
 
-  def mlm_logits(self, hidden_BxTxD: jax.Array) -> jax.Array:
-    """Float32 vocabulary logits of the given [B, T|K, H] states (all slots, or those gathered at [MASK]s)."""
+  def mlm_logits(self, hidden_BxTxD: jax.Array, token_ids_W: jax.Array | None = None) -> jax.Array:
+    """Float32 logits of the given [B, T|K, H] states (all slots, or those gathered at [MASK]s) over the
+    vocabulary, or over just the tokens `token_ids_W` (a verbalizer's label words): [..., V] or [..., W]."""
     if self.mlm_head is None:
       raise ValueError("this ALBERT has no MLM head (has_mlm_head=False); load an AlbertForMaskedLM checkpoint")
-    return self.mlm_head(hidden_BxTxD)
+    return self.mlm_head(hidden_BxTxD, token_ids_W)

@@ -212,13 +212,12 @@ class BertMLMHead(nn.Module):
   token_embedder: layers.Embed
 
   @nn.compact
-  def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+  def __call__(self, x_BxTxD: jax.Array, token_ids_W: jax.Array | None = None) -> jax.Array:
     c = self.config
     h = layers.activation(c.mlm_activation)(_dense(c, (c.hidden_size,), ("embed",), ("mlp",), "dense")(x_BxTxD))
     h = _norm(c, "norm")(h)
     bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)), (c.vocab_size,), c.param_dtype)
-    logits = self.token_embedder.attend(h) + bias.astype(jnp.float32)
-    return layers.constrain(logits, ("batch", "length", "vocab"))
+    return layers.tied_logits(self.token_embedder, h, bias, token_ids_W)
 
 
 class Bert(nn.Module):
@@ -244,11 +243,12 @@ class Bert(nn.Module):
       self.mlm_head(x_BxTxD)  # creates the head's params; its logits come from mlm_logits
     return BertOutput(x_BxTxD, mask_BxT, pooled_BxD)
 
-  def mlm_logits(self, hidden_BxTxD: jax.Array) -> jax.Array:
-    """Float32 vocabulary logits of the given states (all slots, or only those gathered at [MASK]s)."""
+  def mlm_logits(self, hidden_BxTxD: jax.Array, token_ids_W: jax.Array | None = None) -> jax.Array:
+    """Float32 logits of the given states (all slots, or only those gathered at [MASK]s) over the
+    vocabulary, or over just the tokens `token_ids_W` (a verbalizer's label words): [..., V] or [..., W]."""
     if self.mlm_head is None:
       raise ValueError("this BERT has no MLM head (has_mlm_head=False); load a *ForMaskedLM checkpoint")
-    return self.mlm_head(hidden_BxTxD)
+    return self.mlm_head(hidden_BxTxD, token_ids_W)
 
 
 def mean_pool(hidden_BxTxD: jax.Array, mask_BxT: jax.Array) -> jax.Array:

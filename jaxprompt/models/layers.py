@@ -105,6 +105,19 @@ class Embed(nn.Module):
         preferred_element_type=jnp.float32,
     )
 
+  def attend_rows(self, x: jax.Array, token_ids_W: jax.Array) -> jax.Array:
+    """`attend` restricted to the rows `token_ids_W`: float32 logits [..., W]."""
+    rows_WxD = jnp.take(self.embedding, token_ids_W, axis=0).astype(self.dtype)
+    return jnp.einsum("...d,wd->...w", x.astype(self.dtype), rows_WxD, preferred_element_type=jnp.float32)
+
+
+def tied_logits(embedder: Embed, h_BxTxD: jax.Array, bias_V: jax.Array, token_ids_W: jax.Array | None) -> jax.Array:
+  """An MLM head's float32 output over the tied embeddings plus a per-token bias: every vocabulary
+  row, or only the rows `token_ids_W` (scoring a verbalizer needs W columns, not V)."""
+  if token_ids_W is None:
+    return constrain(embedder.attend(h_BxTxD) + bias_V.astype(jnp.float32), ("batch", "length", "vocab"))
+  return embedder.attend_rows(h_BxTxD, token_ids_W) + jnp.take(bias_V, token_ids_W).astype(jnp.float32)
+
 
 def activation(name: str) -> Callable[[jax.Array], jax.Array]:
   """The feed-forward nonlinearity by its config name."""

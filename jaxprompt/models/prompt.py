@@ -114,6 +114,18 @@ def place_soft_tokens(
   return PlacedSequence(x, mask, jnp.where(is_soft_BxT, mask, True).astype(jnp.int32))
 
 
+def token_slots(prompt: Prompt | None, positions_BxK: jax.Array) -> jax.Array:
+  """Where input tokens at `positions_BxK` sit in the sequence `place_soft_tokens` builds: after
+  the soft tokens inserted before them (a [MASK]'s state is read at its slot)."""
+  if prompt is None or prompt.embeddings_BxPxD is None or prompt.replace_at_BxL is not None:
+    return positions_BxK
+  num_soft = prompt.embeddings_BxPxD.shape[1]
+  if prompt.insert_at_B is None:
+    return positions_BxK + num_soft
+  at_Bx1 = jnp.broadcast_to(prompt.insert_at_B, positions_BxK.shape[:1])[:, None]
+  return jnp.where(positions_BxK < at_Bx1, positions_BxK, positions_BxK + num_soft)
+
+
 def sequence_positions(length: int, position_weight_BxT: jax.Array | None) -> jax.Array:
   """Positions of the sequence, [1, T] when shared across the batch, else [B, T]."""
   if position_weight_BxT is None:

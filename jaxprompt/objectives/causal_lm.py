@@ -24,6 +24,7 @@ from jaxprompt.models.llama import Llama
 from jaxprompt.models.llama_decoding import greedy_continue, prefill, step_prompt
 from jaxprompt.models.prompt import extended_by, repeat_examples
 from jaxprompt.steps import Batch, class_cross_entropy, token_log_likelihood
+from jaxprompt.tasks import features as features_lib
 
 
 def _prompt(method: nn.Module | None, prompt_params: Any, batch: Batch):
@@ -92,10 +93,30 @@ def eval_step(
   return out
 
 
-def bind_loss(backbone, method: nn.Module, label_token_ids: jax.Array | None):
-  return functools.partial(loss_sum, model=backbone.model, method=method, label_token_ids=label_token_ids)
+def labels(tasks, backbone, config) -> jax.Array | None:
+  """With config.loss_over='label_words' (PET's loss), the one token of each class's label words."""
+  if config.loss_over != "label_words":
+    return None
+  if len(tasks) != 1:
+    raise ValueError(f"config.loss_over='label_words' trains on one task; config.mixture names {len(tasks)}")
+  verbalizer = tasks[0].spec.verbalizer
+  ids = [backbone.codec.encode_label(text) for text in verbalizer]
+  if any(len(i) != 1 for i in ids) or len({i[0] for i in ids}) != len(ids):
+    raise ValueError(
+        f"config.loss_over='label_words' needs one distinct token per label; the verbalizer {verbalizer} tokenizes to {ids}"
+    )
+  return jnp.asarray([i[0] for i in ids], jnp.int32)
 
 
-def bind_eval(backbone, method: nn.Module | None, max_decode_len: int):
+def label_targets(spec, codec, max_target_len):
+  return features_lib.label_targets(spec, codec, max_target_len)
+
+
+def bind_loss(backbone, method: nn.Module, labels: jax.Array | None):
+  return functools.partial(loss_sum, model=backbone.model, method=method, label_token_ids=labels)
+
+
+def bind_eval(backbone, method: nn.Module | None, labels: jax.Array | None, max_decode_len: int):
+  del labels  # evaluation ranks every label's whole text
   return functools.partial(eval_step, model=backbone.model, method=method, max_decode_len=max_decode_len,
                            eos_id=backbone.codec.eos_id, pad_id=backbone.codec.pad_id)

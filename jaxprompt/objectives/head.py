@@ -61,14 +61,24 @@ def eval_step(
   return {"token_logits" if method.objective == "tag" else "class_logits": logits}
 
 
-def bind_loss(backbone, method: nn.Module, label_token_ids: jax.Array | None):
-  if label_token_ids is not None:
+def labels(tasks, backbone, config) -> None:
+  del tasks, backbone  # the head scores the classes itself
+  if config.loss_over == "label_words":
     raise ValueError("config.loss_over='label_words' scores verbalizer words; a method with a head has none")
+
+
+def label_targets(spec, codec, max_target_len):
+  del spec, codec, max_target_len
+  return None, None
+
+
+def bind_loss(backbone, method: nn.Module, labels: None):
+  del labels
   # P-tuning v2 trains with the encoder's dropout, when the config has any.
   return functools.partial(loss_sum, model=backbone.training_model, method=method,
                            features=backbone.family.head_features)
 
 
-def bind_eval(backbone, method: nn.Module, max_decode_len: int):
-  del max_decode_len  # a head decodes nothing
+def bind_eval(backbone, method: nn.Module, labels: None, max_decode_len: int):
+  del labels, max_decode_len  # a head decodes nothing
   return functools.partial(eval_step, model=backbone.model, method=method, features=backbone.family.head_features)

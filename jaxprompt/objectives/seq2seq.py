@@ -19,6 +19,7 @@ from jaxprompt.models.prompt import repeat_examples
 from jaxprompt.models.t5 import T5, shift_right
 from jaxprompt.models.t5_decoding import greedy_decode_encoded
 from jaxprompt.steps import Batch, token_log_likelihood
+from jaxprompt.tasks import features as features_lib
 
 
 def _prompt(method: nn.Module | None, prompt_params: Any, batch: Batch):
@@ -77,11 +78,21 @@ def eval_step(
   return out
 
 
-def bind_loss(backbone, method: nn.Module, label_token_ids: jax.Array | None):
-  if label_token_ids is not None:
+def labels(tasks, backbone, config) -> None:
+  del tasks, backbone  # the verbalizer's texts are targets, scored per task by rank classification
+  if config.loss_over == "label_words":
     raise ValueError("config.loss_over='label_words' is implemented for decoder-only backbones")
+
+
+def label_targets(spec, codec, max_target_len):
+  return features_lib.label_targets(spec, codec, max_target_len)
+
+
+def bind_loss(backbone, method: nn.Module, labels: None):
+  del labels
   return functools.partial(loss_sum, model=backbone.training_model, method=method)
 
 
-def bind_eval(backbone, method: nn.Module | None, max_decode_len: int):
+def bind_eval(backbone, method: nn.Module | None, labels: None, max_decode_len: int):
+  del labels
   return functools.partial(eval_step, model=backbone.model, method=method, max_decode_len=max_decode_len)

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from jaxprompt.tasks.lm_bff_templates import parse_lm_bff
 from jaxprompt.tasks.patterns import ClozePattern, ClozeTokens, EncodedCloze, Slot, parse_pattern, parse_slot
 from jaxprompt.tasks.records import DataError, Record
+from jaxprompt.tasks.task_spec import TaskSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +38,9 @@ class ClozePreset:
   flatten: str | None = None  # "multirc": one record per answer option (readers.flatten_multirc)
   prepare: Callable[[Record], Record] | None = None  # fields derived before filling (WSC's marked pronoun)
   bounds: tuple[float, float] | None = None  # regression (STS-B): the label is a score; the classes its poles
+  # LM-BFF templates: the fields sent_0, sent_1, ... read, and first_sent_limit / other_sent_limit.
+  pattern_fields: tuple[str, ...] = ()
+  sentence_limits: tuple[int, ...] = ()
 
   def __post_init__(self):
     if not self.candidates and len(self.verbalizer) != len(self.label_names):
@@ -61,6 +65,21 @@ class ClozePreset:
           raise ValueError(f"Label word {word!r} of {self.pattern.text!r} is {tokens.word_ids(word)}, not one token")
       ids.append(tuple(tokens.word_ids(word)[0] for word in words))
     return tuple(ids)
+
+
+  def task_spec(self, name: str, metric: str = "accuracy") -> TaskSpec:
+    """The preset as a run's task (config.task): the pattern's text and its labels, words and options."""
+    if self.bounds is not None:
+      raise ValueError(f"{name}: regression presets (bounds {self.bounds}) do not train as classification tasks")
+    if self.candidates and len(self.candidates) != len(self.label_names):
+      raise ValueError(f"{name}: PET generates WSC's referent (one candidate, labels {self.label_names}); only"
+                       " choice tasks such as COPA train as classification here")
+    prepare = {mark_wsc_pronoun: "wsc_pronoun"}.get(self.prepare, "") if self.prepare else ""
+    return TaskSpec(name=name, template="", pattern=self.pattern.text, label_names=self.label_names,
+                    verbalizer=tuple(w[0] if len(w) == 1 else w for w in self.verbalizer), label_field=self.label_field,
+                    metric=metric, flatten=self.flatten, pattern_fields=self.pattern_fields,
+                    sentence_limits=self.sentence_limits, candidates=tuple(str(c)[1:-1] for c in self.candidates),
+                    prepare=prepare)
 
 
 def mark_wsc_pronoun(record: Record) -> Record:
@@ -179,7 +198,9 @@ PET_PATTERNS: dict[tuple[str, int], ClozePreset] = {
 def _bff(template: str, fields: tuple[str, ...], labels: tuple[str, ...], words: tuple[str, ...],
          first: int | None = None, other: int | None = None, max_len: int = 128, **kw) -> ClozePreset:
   """LM-BFF's template with its first_sent_limit / other_sent_limit and --max_seq_length."""
-  return ClozePreset(parse_lm_bff(template, fields, first, other), labels, _words(*words), max_len=max_len, **kw)
+  limits = (first or 0, other or 0) if first or other else ()
+  return ClozePreset(parse_lm_bff(template, fields, first, other), labels, _words(*words), max_len=max_len,
+                     pattern_fields=fields, sentence_limits=limits, **kw)
 
 
 _IT_WAS = "*cls**sent_0*_It_was*mask*.*sep+*"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from jaxprompt.weights.hf_tokenizer import HFTokenizer
 from jaxprompt.weights.tokenizer import SentencePieceTokenizer
@@ -45,6 +46,9 @@ class TextCodec:
   # Put before every word but the first when words are encoded one by one: byte-level BPE spells a
   # word's leading space into its first token ("Ġworld"), other vocabularies mark word starts themselves.
   word_prefix: str = ""
+  # A masked LM's cloze layout (tasks/patterns.ClozeTokens: mask id, [CLS] A [SEP] B [SEP] ...);
+  # None for families that fill no [MASK].
+  cloze: Any = None
 
   def truncate_input(self, ids: list[int], max_len: int) -> tuple[list[int], bool]:
     """The input cut to `max_len` tokens, and whether it was cut."""

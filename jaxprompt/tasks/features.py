@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from jaxprompt.tasks import cloze
 from jaxprompt.tasks.codec import TextCodec
 from jaxprompt.tasks.readers import flatten_multirc
 from jaxprompt.tasks.records import DataError, Record
@@ -42,9 +43,14 @@ class Feature:
   # Aligned with inputs: the tag index at each word's first sub-token, -1 elsewhere (ignored).
   # Empty for tasks that do not label tokens.
   token_labels: list[int] = dataclasses.field(default_factory=list)
+  # Cloze tasks: each input's token type (BERT's segment ids; empty: all 0), where the mask block's
+  # masks sit, and each example's own choices' ids (COPA; empty for a verbalizer).
+  token_types: list[int] = dataclasses.field(default_factory=list)
+  mask_positions: list[int] = dataclasses.field(default_factory=list)
+  candidates: list[list[int]] = dataclasses.field(default_factory=list)
 
   def __post_init__(self):
-    for key in ("soft_positions", "token_labels"):
+    for key in ("soft_positions", "token_labels", "token_types"):
       if getattr(self, key) and len(getattr(self, key)) != len(self.inputs):
         raise ValueError(f"Feature.{key} has {len(getattr(self, key))} entries for {len(self.inputs)} inputs")
 
@@ -111,6 +117,7 @@ def featurize(
     max_target_len: int,
     skip_bad_examples: bool = False,
     input_prefix: Callable[[int], str] | None = None,
+    multi_token: bool = False,
 ) -> tuple[list[Feature], FeatureStats]:
   """Token features of `records` (after `spec.flatten`) and what happened to them.
 
@@ -119,8 +126,12 @@ def featurize(
   renders its targets and has label -1. `input_prefix(i)`, if given, is text put before the i-th
   record's rendered input (in-context demonstrations). A token-labelling task encodes the words one
   by one and has label -1, empty targets and `token_labels`; a record without tags is unlabeled
-  (every token label -1).
+  (every token label -1). A cloze task fills its pattern (truncated as PET does, never the mask or
+  the pattern's text) with as many masks as its longest label word (`multi_token`; else label words
+  must be one token) or, with candidates, as the longest of each example's choices.
   """
+  if spec.pattern:
+    return _cloze_features(records, spec, codec, max_input_len, skip_bad_examples, input_prefix, multi_token)
   if max_input_len < 1 or max_target_len < 1:
     raise ValueError(f"max_input_len and max_target_len must be positive, got {max_input_len}, {max_target_len}")
   if spec.token_label_names and input_prefix is not None:
@@ -163,6 +174,42 @@ def featurize(
         take(example.inputs), targets, example.label, group, soft_positions=take(example.soft_positions),
         token_labels=take(example.token_labels),
     ))
+  return features, stats
+
+
+def _cloze_features(
+    records: Sequence[Record], spec: TaskSpec, codec: TextCodec, max_input_len: int, skip_bad_examples: bool,
+    input_prefix: Callable[[int], str] | None, multi_token: bool,
+) -> tuple[list[Feature], FeatureStats]:
+  """featurize for a cloze pattern: filled, tokenized segment by segment, its mask block marked."""
+  if codec.cloze is None:
+    raise ValueError(f"Task {spec.name!r} has a cloze pattern, which needs a masked LM's tokenizer (family bert, albert)")
+  if input_prefix is not None:
+    raise ValueError(f"Task {spec.name!r}: in-context demonstrations are not supported with a cloze pattern")
+  if spec.flatten == "multirc":
+    records = flatten_multirc(records)
+  num_masks = 1 if spec.candidates else cloze.label_words(spec, codec.cloze, multi_token).num_masks
+  stats, features = FeatureStats(records=len(records)), []
+  for position, record in enumerate(records):
+    try:
+      example = cloze.encode_example(record, spec, codec.cloze, num_masks, max_input_len)
+      raw = record.fields.get(spec.label_field)
+      unlabeled = raw is None or (isinstance(raw, numbers.Integral) and raw == -1)
+      label = -1 if unlabeled else label_index(raw, spec, record.where)
+    except DataError as e:
+      if not skip_bad_examples:
+        raise
+      stats.skipped += 1
+      if len(stats.errors) < MAX_ERRORS_KEPT:
+        stats.errors.append(str(e))
+      continue
+    stats.kept += 1
+    stats.unlabeled += unlabeled
+    stats.truncated_inputs += example.truncated
+    stats.longest_input = max(stats.longest_input, len(example.ids))
+    group = int(record.fields["group"]) if spec.flatten == "multirc" else position
+    features.append(Feature(example.ids, [], label, group, token_types=example.token_types,
+                            mask_positions=example.mask_positions, candidates=example.candidates))
   return features, stats
 
 

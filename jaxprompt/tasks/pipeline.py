@@ -11,8 +11,12 @@ Batch keys: inputs int32 [B, L], input_mask bool [B, L], targets int32 [B, T], t
 [B, T], label int32 [B], group int32 [B], example_mask bool [B] (False for padding rows),
 soft_positions int32 [B, L] (i where pseudo token [Pi] sits, else -1), task_id int32 [B] (-1 for
 padding rows), token_labels int32 [B, L] (a word's tag index at its first sub-token, -1 where
-ignored). Every batch has every key, whatever its task, so that all batches share one structure;
-the [B, L] keys are aligned with inputs, on whichever side inputs are padded.
+ignored), token_types int32 [B, L] (BERT's segment ids), mask_positions int32 [B, K] (a cloze
+input's mask block, -1 past an example's own masks), candidates int32 [B, C, K] and candidate_mask
+bool [B, C, K] (each example's choices, left-aligned in the mask block). K and C are the most any
+feature has (at least 1), fixed per feature set. Every batch has every key, whatever its task, so
+that all batches share one structure; the [B, L] keys are aligned with inputs, on whichever side
+inputs are padded.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ class _Batcher:
   max_target_len: int
   rows: slice
   pad_inputs_left: bool  # decoders: so every example's answer starts at the same column
+  num_masks: int  # K of mask_positions and candidates
+  num_candidates: int  # C of candidates
 
   def __call__(self, ids_G: np.ndarray) -> dict[str, np.ndarray]:
     real_G = ids_G >= 0
@@ -63,6 +69,10 @@ class _Batcher:
         "soft_positions": np.full((len(ids_B), length), -1, np.int32),
         "task_id": np.full(len(ids_B), -1, np.int32),
         "token_labels": np.full((len(ids_B), length), -1, np.int32),
+        "token_types": np.zeros((len(ids_B), length), np.int32),
+        "mask_positions": np.full((len(ids_B), self.num_masks), -1, np.int32),
+        "candidates": np.zeros((len(ids_B), self.num_candidates, self.num_masks), np.int32),
+        "candidate_mask": np.zeros((len(ids_B), self.num_candidates, self.num_masks), bool),
     }
     for row, i in enumerate(ids_B):
       if i >= 0:
@@ -79,6 +89,13 @@ class _Batcher:
           batch["soft_positions"][row, columns] = feature.soft_positions
         if feature.token_labels:
           batch["token_labels"][row, columns] = feature.token_labels
+        if feature.token_types:
+          batch["token_types"][row, columns] = feature.token_types
+        if feature.mask_positions:
+          batch["mask_positions"][row, : len(feature.mask_positions)] = np.add(feature.mask_positions, columns.start)
+        for c, choice in enumerate(feature.candidates):
+          batch["candidates"][row, c, : len(choice)] = choice
+          batch["candidate_mask"][row, c, : len(choice)] = True
     return batch
 
 
@@ -198,7 +215,9 @@ def _make_batcher(
       )
   local = global_batch_size // process_count
   rows = slice(process_index * local, (process_index + 1) * local)
-  return _Batcher(features, input_lens, buckets, max_target_len, rows, pad_inputs_left)
+  num_masks = max(1, max(len(f.mask_positions) for f in features))
+  num_candidates = max(1, max(len(f.candidates) for f in features))
+  return _Batcher(features, input_lens, buckets, max_target_len, rows, pad_inputs_left, num_masks, num_candidates)
 
 
 def to_global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:

@@ -32,6 +32,14 @@ class TaskSpec:
   A token-labelling task (e.g. NER) has `token_label_names` (e.g. BIO tags) instead of classes: its
   template is one slot naming the list of words (e.g. "{tokens}"), `label_field` names the list of
   their tags (e.g. "tags"), and its metric is "span_f1".
+
+  A cloze task (PET, LM-BFF; masked LMs) has a `pattern` instead of a template: tasks/patterns.py's
+  syntax ("{~sentence} It was [MASK] ."), or LM-BFF's ("*cls**sent_0*_It_was*mask*.*sep+*", with
+  `pattern_fields` naming sent_0, sent_1, ... and `sentence_limits` its first_sent_limit /
+  other_sent_limit). Each class's verbalizer entry may then be several label words (a tuple:
+  their logits are averaged). With `candidates` (slot expressions, e.g. "choice1|lower_first"),
+  each example's choices fill the mask block instead (COPA): the label is the choice's index.
+  `prepare` names a record transform applied first ("wsc_pronoun").
   """
 
   name: str
@@ -43,13 +51,23 @@ class TaskSpec:
   metric: str = "accuracy"
   flatten: str | None = None
   token_label_names: tuple[str, ...] = ()
+  pattern: str = ""
+  pattern_fields: tuple[str, ...] = ()
+  sentence_limits: tuple[int, ...] = ()
+  candidates: tuple[str, ...] = ()
+  prepare: str = ""
 
   def __post_init__(self):
-    for key in ("label_names", "verbalizer", "token_label_names"):
+    for key in ("label_names", "token_label_names", "pattern_fields", "candidates"):
       value = getattr(self, key)
       if isinstance(value, str) or not all(isinstance(v, str) for v in value):
         raise TypeError(f"Task {self.name!r}: {key} must be a sequence of strings, got {value!r}")
       object.__setattr__(self, key, tuple(value))  # lists from configs become tuples
+    object.__setattr__(self, "verbalizer", self._checked_verbalizer())
+    object.__setattr__(self, "sentence_limits", tuple(int(n) for n in self.sentence_limits))
+    if self.pattern:
+      self._check_cloze()
+      return
     template = Template(self.template)
     if not template.fields:
       raise ValueError(f"Task {self.name!r}: the template {self.template!r} has no {{field}} slot")
@@ -79,6 +97,46 @@ class TaskSpec:
     if self.flatten is not None and self.flatten not in FLATTENS:
       raise ValueError(f"Task {self.name!r}: unknown flatten {self.flatten!r}; expected None or one of {FLATTENS}")
 
+  def _checked_verbalizer(self) -> tuple[str | tuple[str, ...], ...]:
+    """Text per class; a cloze task's class may list several label words (a tuple of strings)."""
+    words_ok = lambda v: isinstance(v, str) or (bool(self.pattern) and isinstance(v, (tuple, list)) and bool(v)
+                                                and all(isinstance(w, str) for w in v))
+    if isinstance(self.verbalizer, str) or not all(words_ok(v) for v in self.verbalizer):
+      several = " (or, for a cloze pattern, tuples of label words)" if self.pattern else ""
+      raise TypeError(f"Task {self.name!r}: verbalizer must be a sequence of strings{several}, got {self.verbalizer!r}")
+    return tuple(v if isinstance(v, str) else tuple(v) for v in self.verbalizer)
+
+  def _check_cloze(self) -> None:
+    """A cloze task: a pattern with one mask block, and label words per class or per-example candidates."""
+    from jaxprompt.tasks import cloze  # noqa: PLC0415 - cloze reads TaskSpec's fields
+
+    cloze.pattern_of(self)  # parse errors name the pattern
+    if self.template or self.target_template is not None or self.token_label_names:
+      raise ValueError(f"Task {self.name!r} has a cloze pattern: it takes no template, target_template or token labels")
+    if self.candidates:
+      if self.verbalizer:
+        raise ValueError(f"Task {self.name!r}: candidates fill the mask block; a verbalizer does not apply as well")
+      if len(self.label_names) != len(self.candidates):
+        raise ValueError(f"Task {self.name!r}: {len(self.candidates)} candidates but label_names {self.label_names}")
+    elif len(self.verbalizer) != len(self.label_names) or not self.verbalizer:
+      raise ValueError(
+          f"Task {self.name!r}: {len(self.label_names)} label_names {self.label_names} but"
+          f" {len(self.verbalizer)} verbalizer entries {self.verbalizer}"
+      )
+    if len(set(self.label_names)) != len(self.label_names):
+      raise ValueError(f"Task {self.name!r}: label_names must be distinct, got {self.label_names}")
+    if self.metric not in METRICS or self.metric == "span_f1":
+      raise ValueError(f"Task {self.name!r}: metric {self.metric!r} does not apply to a cloze task")
+    if self.flatten is not None and self.flatten not in FLATTENS:
+      raise ValueError(f"Task {self.name!r}: unknown flatten {self.flatten!r}; expected None or one of {FLATTENS}")
+    if self.prepare and self.prepare not in cloze.PREPARES:
+      raise ValueError(f"Task {self.name!r}: unknown prepare {self.prepare!r}; expected one of {sorted(cloze.PREPARES)}")
+
+  @property
+  def label_words(self) -> tuple[tuple[str, ...], ...]:
+    """Each class's label words (one each, unless a cloze task lists several)."""
+    return tuple((v,) if isinstance(v, str) else v for v in self.verbalizer)
+
   def _check_tagging(self, template: Template) -> None:
     """A token-labelling task: one slot for the words, BIO tag names, no classes or targets."""
     if len(template.fields) != 1 or template.fill([""]).strip():
@@ -106,7 +164,7 @@ class TaskSpec:
   @property
   def num_pseudo_tokens(self) -> int:
     """How many P-tuning pseudo tokens ([P0], [P1], ...) the template has; 0 when none."""
-    return len(Template(self.template).pseudo_tokens)
+    return 0 if self.pattern else len(Template(self.template).pseudo_tokens)
 
 
 @dataclasses.dataclass(frozen=True)

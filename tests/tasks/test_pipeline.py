@@ -15,7 +15,8 @@ from jaxprompt.tasks.pipeline import eval_batches, to_global, train_iterator
 KEYS = {
     "inputs": np.int32, "input_mask": np.bool_, "targets": np.int32, "target_mask": np.bool_,
     "label": np.int32, "group": np.int32, "example_mask": np.bool_,
-    "soft_positions": np.int32, "task_id": np.int32, "token_labels": np.int32,
+    "soft_positions": np.int32, "task_id": np.int32, "token_labels": np.int32, "token_types": np.int32,
+    "mask_positions": np.int32, "candidates": np.int32, "candidate_mask": np.bool_,
 }
 
 
@@ -54,6 +55,9 @@ def test_batch_layout():
     np.testing.assert_array_equal(batch["target_mask"][row], [True, True, False])
     assert batch["label"][row] == feature.label
   assert batch["example_mask"].all()
+  # No cloze features: one mask slot and one candidate slot, all unused.
+  assert (batch["mask_positions"] == -1).all() and batch["candidates"].shape == (4, 1, 1)
+  assert not batch["candidate_mask"].any() and not batch["token_types"].any()
 
 
 def test_deterministic_for_a_seed_and_seeds_differ():

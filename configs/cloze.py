@@ -1,0 +1,81 @@
+"""Cloze patterns on a masked LM (PET, LM-BFF): the label words scored at the pattern's [MASK].
+
+    python -m jaxprompt.train --config=configs/cloze.py:recipe=lm_bff,task=sst2 --workdir=/tmp/sst2-cloze
+    python -m jaxprompt.train --config=configs/cloze.py:recipe=pet,task=boolq,pattern=0 --workdir=/tmp/boolq-p0
+
+Arguments after the colon (comma-separated key=value):
+  recipe   pet (PET's patterns and verbalizers, pet/pvp.py) | lm_bff (LM-BFF's manual templates)
+  task     pet: agnews boolq cb copa rte wic multirc mnli yelp_polarity yelp_full yahoo;
+           lm_bff: sst2 sst5 mr cr mpqa subj trec cola mnli snli qnli rte mrpc qqp
+  pattern  PET's pattern id (pet only; default 0)
+  data     tfds (downloads) | local (../shared/data where it has the task)
+The patterns, label words and maximum lengths are the presets of jaxprompt/tasks/cloze_presets.py.
+The backbone: RoBERTa-large (both papers' English experiments), ALBERT-xxlarge-v2 for PET's
+SuperGLUE tasks (PET with multiple masks); any local MLM checkpoint with
+--config.model.checkpoint=/path and --config.model.family=bert|albert.
+
+Training: a soft prompt (prompt tuning, 20 tokens, Adam) on the frozen MLM, scored at the mask by
+the task's verbalizer. COPA's choices of several tokens train with PET's hinge loss over one pass
+with k masks, and are decoded max-first at evaluation (config.cloze.decoding).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs.base import base_config, parse_args
+from configs.t5_prompt import task_data
+from jaxprompt.tasks.cloze_presets import LM_BFF_PRESETS, PET_PATTERNS
+
+_SUPERGLUE = ("boolq", "cb", "copa", "rte", "wic", "multirc")
+_LOCAL = ("sst2", *_SUPERGLUE)  # tasks ../shared/data has (its AG News file has no titles)
+_BEST_METRIC = {"cb": "f1_macro", "multirc": "f1a"}
+_METRIC = {"cb": "f1_macro", "multirc": "multirc"}
+
+
+def _preset(recipe: str, task: str, pattern: int):
+  if recipe == "pet":
+    if (task, pattern) not in PET_PATTERNS:
+      raise ValueError(f"recipe=pet has no task={task!r} pattern={pattern}; it has {sorted(PET_PATTERNS)}")
+    return PET_PATTERNS[task, pattern]
+  if recipe == "lm_bff":
+    if task not in LM_BFF_PRESETS:
+      raise ValueError(f"recipe=lm_bff has no task={task!r}; it has {sorted(LM_BFF_PRESETS)}")
+    return LM_BFF_PRESETS[task]
+  raise ValueError(f"recipe={recipe!r} is not one of ('pet', 'lm_bff')")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = parse_args(arg, recipe="lm_bff", task="sst2", pattern="0", data="tfds")
+  recipe, task = args["recipe"], args["task"]
+  preset = _preset(recipe, task, int(args["pattern"]))
+  config = base_config()
+
+  albert = recipe == "pet" and task in _SUPERGLUE
+  config.model.family = "albert" if albert else "bert"
+  config.model.checkpoint = "albert-xxlarge-v2" if albert else "roberta-large"
+  config.model.dtype = "float32"
+  config.model.param_dtype = "float32"
+
+  config.task = ml_collections.ConfigDict(vars(preset.task_spec(task, _METRIC.get(task, "accuracy"))))
+  config.best_metric = "eval/" + _BEST_METRIC.get(task, "accuracy")
+  if args["data"] == "local" and task not in _LOCAL:
+    raise ValueError(f"data=local: ../shared/data has no {task}; it has {_LOCAL}")
+  config.data.train, config.data.eval = task_data(task, args["data"])
+  config.data.max_input_len = preset.max_len  # PET's 256; LM-BFF's 128 (256 for its NLI tasks)
+  config.data.bucket_lengths = tuple(n for n in (64, 128, 256) if n < preset.max_len) + (preset.max_len,)
+  config.data.max_target_len = 1  # the label words are scored at the mask, not generated
+  config.max_decode_len = 1
+
+  config.prompt.length = 20
+  config.prompt.init = "vocab"
+  config.optimizer.name = "adam"
+  config.optimizer.learning_rate = 3e-3
+  config.optimizer.schedule = "linear"
+  config.optimizer.weight_decay = 0.0
+  config.batch_size = 16
+  config.eval_batch_size = 32
+  config.num_steps = 1000  # LM-BFF's 1000 steps, evaluated every 100
+  config.eval_every = 100
+  config.checkpoint_every = 100
+  return config
