@@ -47,6 +47,10 @@ def base_config() -> ml_collections.ConfigDict:
       remat_policy="none",  # none | full | dots | dots_no_batch | qkv_out: trade compute for memory
       dropout_rate=0.0,  # dropout inside the frozen model (T5)
       init_seed=0,  # seed of the random backbone when checkpoint is empty
+      # Backbone weights that train beside the prompt (prompt-based fine-tuning: PET, LM-BFF):
+      # none | all | a regular expression searched in each weight's path, e.g. "bias$" (biases
+      # only), "mlm_head/" (the LM head). They train as float32 copies, sharded like the weights.
+      trainable="none",
   ))
   config.prompt = ml_collections.ConfigDict(dict(
       # prompt_tuning (Lester et al.) | prefix_tuning (Li & Liang) | p_tuning (Liu et al. v1: pseudo
@@ -98,6 +102,7 @@ def base_config() -> ml_collections.ConfigDict:
       multiply_by_parameter_scale=False,  # Adafactor relative step size (off for prompts)
       update_clipping=1.0,  # Adafactor's clipping of the update RMS
       weight_decay=1e-5,  # Lester et al.: 1e-5 (decoupled, scaled by the learning rate)
+      decay_biases_and_norms=True,  # Adam only; False: no decay on biases and norms (PET, LM-BFF)
       clip_norm=0.0,  # clip gradients by global norm first; 0: off
       b1=0.9,  # Adam only
       b2=0.999,  # Adam only

@@ -1,5 +1,6 @@
-"""Prompt-only checkpoints: Orbax over the small state (prompt, optimizer state, step), the data
-iterator state, and metadata (backbone fingerprint, method and shapes). Never the backbone.
+"""Checkpoints of what trains: Orbax over the state (prompt, the backbone weights a run fine-tunes,
+optimizer state, step), the data iterator state, and metadata (frozen backbone fingerprint, method,
+shapes, trainable set). Never the frozen rest of the backbone.
 
 Layout of a run's workdir:
 
@@ -26,6 +27,7 @@ from flax import traverse_util
 from orbax.checkpoint import checkpoint_managers
 
 from jaxprompt.steps import TrainState
+from jaxprompt.trainable import describe
 
 
 class CheckpointMismatchError(ValueError):
@@ -49,6 +51,10 @@ def param_shapes(params: Any) -> dict[str, list[int]]:
 def check_compatible(saved: dict[str, Any], current: dict[str, Any], where: str) -> None:
   """Raises with both sides when a checkpoint's metadata does not fit this run."""
   problems = []
+  saved_trainable, current_trainable = saved.get("trainable", []), current["trainable"]
+  if saved_trainable != current_trainable:
+    problems.append(f"trainable backbone weights: checkpoint {describe(tuple(saved_trainable))}, this run"
+                    f" {describe(tuple(current_trainable))}")
   if saved["method"] != current["method"]:
     problems.append(f"prompt method: checkpoint {saved['method']!r}, this run {current['method']!r}")
   if saved["param_shapes"] != current["param_shapes"]:

@@ -121,15 +121,20 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
   return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
-def load_prompt_params(exp: experiment.Experiment, path: str) -> tuple[Any, Any, str]:
-  """(method, its params, where they came from) for a saved prompt, checked against this run.
+def load_prompt_params(exp: experiment.Experiment, path: str) -> tuple[Any, Any, Any, str]:
+  """(method, its params, the trained backbone weights, where they came from) for a saved prompt,
+  checked against this run.
 
-  An export (.npy / .npz) holds the collapsed prompt, so it comes with the method's collapsed form;
-  a checkpoint holds the full trainable state of the method itself.
+  An export (.npy / .npz) holds the collapsed prompt, so it comes with the method's collapsed form
+  (and no backbone weights); a checkpoint holds the full trainable state: the method itself and the
+  backbone weights the run fine-tuned.
   """
   path = epath.Path(path)
   fresh = exp.init_params(jax.random.key(0))
   if path.suffix in (".npy", ".npz"):
+    if exp.method is None or exp.trainable_paths:
+      raise ValueError(f"{path} is an exported prompt, which holds no fine-tuned backbone weights: evaluate the run's"
+                       " workdir or checkpoint instead (or its backbone_best/ as config.model.checkpoint)")
     arrays = load_export(path)
     want = {k: tuple(v.shape) for k, v in exp.method.export(fresh).items()}
     got = {k: tuple(v.shape) for k, v in arrays.items()}
@@ -139,7 +144,7 @@ def load_prompt_params(exp: experiment.Experiment, path: str) -> tuple[Any, Any,
       raise CheckpointMismatchError(f"prompt {path} does not fit this run's {exp.config.prompt.method}:\n  "
                                     + "\n  ".join(problems))
     method = exp.method.collapsed()
-    return method, jax.device_put(method.params_from_export(arrays), exp.replicated), str(path)
+    return method, jax.device_put(method.params_from_export(arrays), exp.replicated), {}, str(path)
   if path.parent.name == "checkpoints" and path.name.isdigit():
     workdir, step = path.parent.parent, int(path.name)
   else:
@@ -154,7 +159,7 @@ def load_prompt_params(exp: experiment.Experiment, path: str) -> tuple[Any, Any,
     state, _ = checkpoints.restore(step, exp.abstract_state, exp.checkpoint_meta(fresh))
   finally:
     checkpoints.close()
-  return exp.method, state.params, f"{workdir / 'checkpoints' / str(step)}"
+  return exp.method, state.params, state.backbone, f"{workdir / 'checkpoints' / str(step)}"
 
 
 def evaluate_prompt(config: ml_collections.ConfigDict, prompt_path: str | None) -> dict[str, float]:
@@ -166,9 +171,10 @@ def evaluate_prompt(config: ml_collections.ConfigDict, prompt_path: str | None) 
   features = experiment.eval_features(exp)
   if prompt_path is None:
     method, params, where = None, {}, f"no prompt ({config.icl.num_shots}-shot)"
+    trained = exp.pretrained  # the backbone as loaded, its trainable weights too
   else:
-    method, params, where = load_prompt_params(exp, prompt_path)
+    method, params, trained, where = load_prompt_params(exp, prompt_path)
   logging.getLogger("jaxprompt").info("evaluating %s", where)
   eval_step = exp.eval_step_of(method)
   with sharding_lib.activate(exp.mesh, exp.rules):
-    return evaluate(eval_step, params, exp.frozen, features, exp)
+    return evaluate(eval_step, params, exp.merged(trained), features, exp)

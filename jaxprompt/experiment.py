@@ -17,7 +17,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxprompt import sharding as sharding_lib
-from jaxprompt import steps
+from jaxprompt import steps, trainable
 from jaxprompt.backbones import Backbone, load_backbone
 from jaxprompt.checkpoint import backbone_fingerprint, param_shapes
 from jaxprompt.optimizers import make_optimizer
@@ -127,7 +127,8 @@ def _initializer(prompt: ml_collections.ConfigDict, backbone: Backbone, tasks: t
 
 @dataclasses.dataclass
 class Experiment:
-  """Everything built from one config."""
+  """Everything built from one config. `backbone.frozen` holds the weights that do not train; the
+  ones that do (config.model.trainable) moved out into `pretrained` when the run was built."""
 
   config: ml_collections.ConfigDict
   mesh: Mesh
@@ -136,10 +137,22 @@ class Experiment:
   method: PromptMethod | None
   optimizer: optax.GradientTransformation
   schedule: optax.Schedule
+  # The backbone weights that train, as loaded, by path; handed over to the first init_state.
+  pretrained: trainable.Flat = dataclasses.field(default_factory=dict)
+  # Their float32 master copies' shapes and shardings (what the state holds), by path.
+  trained_shapes: dict[str, jax.ShapeDtypeStruct] = dataclasses.field(default_factory=dict)
 
   @property
   def frozen(self) -> Any:
     return self.backbone.frozen
+
+  @property
+  def trainable_paths(self) -> tuple[str, ...]:
+    return tuple(self.trained_shapes)
+
+  def merged(self, trained: trainable.Flat) -> Any:
+    """The whole backbone a step or an evaluation runs: the frozen rest and the trained weights."""
+    return trainable.merge(self.frozen, trained)
 
   @functools.cached_property
   def objective_labels(self) -> Any:
@@ -178,8 +191,16 @@ class Experiment:
     return sharding_lib.logical_to_shardings(boxed_params, self.mesh, self.rules)
 
   def init_state(self, params: Any) -> steps.TrainState:
-    """Step and optimizer state beside the params; XLA lays the moments out like the params they track."""
-    return jax.jit(functools.partial(steps.init_train_state, optimizer=self.optimizer))(params)
+    """A fresh state: step 0, the prompt params, float32 master copies of the backbone weights that
+    train, and the optimizer state beside them, laid out like the abstract state."""
+    if self.trained_shapes and not self.pretrained:
+      raise RuntimeError("the pretrained weights to fine-tune were handed to an earlier init_state; build the "
+                         "experiment again for another fresh state")
+    weights, self.pretrained = self.pretrained, {}
+    backbone = trainable.master_copies(weights) if weights else {}
+    shardings = jax.tree.map(lambda x: x.sharding, self.abstract_state)
+    init = functools.partial(steps.init_train_state, optimizer=self.optimizer)
+    return jax.jit(init, out_shardings=shardings)(params, backbone=backbone)
 
   @functools.cached_property  # read by the train step's out_shardings and by every restore
   def abstract_state(self) -> steps.TrainState:
@@ -188,23 +209,34 @@ class Experiment:
     params = {}
     if self.method is not None:
       boxed = jax.eval_shape(self._init_boxed, jax.random.key(0))  # traced only: no device holds it
-      params = jax.tree.map(_with_sharding, _box_values(boxed), self.param_shardings(boxed))
-    lowered = jax.jit(functools.partial(steps.init_train_state, optimizer=self.optimizer)).lower(params)
-    # The moments' layout is the compiler's choice (like the params they track): read it back.
-    return jax.tree.map(_with_sharding, lowered.out_info, lowered.compile().output_shardings)
+      params = jax.tree.map(_with_sharding, sharding_lib.box_values(boxed), self.param_shardings(boxed))
+    trained = (params, self.trained_shapes)
+    init = functools.partial(steps.init_train_state, optimizer=self.optimizer)
+    shapes = jax.eval_shape(init, params, backbone=self.trained_shapes)
+    # Each moment lies like the weight it tracks (FSDP-sharded for fine-tuned weights, replicated for
+    # prompts); a factored one (Adafactor's rows and columns) and counters are replicated.
+    like_param = lambda moment, param: param.sharding if moment.shape == param.shape else self.replicated
+    opt_shardings = optax.tree_map_params(self.optimizer, like_param, shapes.opt_state, trained,
+                                          transform_non_params=lambda _: self.replicated)
+    shardings = steps.TrainState(self.replicated, jax.tree.map(lambda x: x.sharding, params), opt_shardings,
+                                 {p: x.sharding for p, x in self.trained_shapes.items()})
+    return jax.tree.map(_with_sharding, shapes, shardings)
 
   def checkpoint_meta(self, params: Any) -> dict:
-    """What a checkpoint must match to be restored here."""
+    """What a checkpoint must match to be restored here. The fingerprint covers the frozen weights
+    only: the trained ones come from the checkpoint."""
     return {
         "method": self.config.prompt.method,
         "param_shapes": param_shapes(params),
+        "trainable": list(self.trainable_paths),
         "fingerprint": backbone_fingerprint(self.backbone.config, self.frozen),
     }
 
   def train_step(self):
     """The jitted train step: (state, frozen, batch, rng) -> (state, metrics); state donated."""
-    if self.method is None:
-      raise ValueError("config.prompt.method='none' has nothing to train; use python -m jaxprompt.evaluate")
+    if self.method is None and not self.trained_shapes:
+      raise ValueError("config.prompt.method='none' with config.model.trainable='none' has nothing to train; use"
+                       " python -m jaxprompt.evaluate, or choose backbone weights to fine-tune")
     if self.config.loss_over not in LOSSES:
       raise ValueError(f"config.loss_over={self.config.loss_over!r} is not one of {LOSSES}")
     fn = functools.partial(
@@ -236,13 +268,6 @@ def _init_batch() -> dict[str, jax.Array]:
           "task_id": jnp.zeros((1,), jnp.int32)}
 
 
-def _box_values(boxed: Any) -> Any:
-  """The boxes' values. (`nn.meta.unbox` would also constrain each one's sharding under an active
-  mesh, which a shape alone cannot take.)"""
-  is_box = lambda x: isinstance(x, nn.Partitioned)
-  return jax.tree.map(lambda x: x.value if is_box(x) else x, boxed, is_leaf=is_box)
-
-
 def _with_sharding(x: Any, sharding: jax.sharding.Sharding) -> jax.ShapeDtypeStruct:
   return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
 
@@ -256,9 +281,21 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Experi
       raise ValueError(f"config.{key}={config[key]} does not split over the mesh's {shards} data x fsdp shards")
   backbone = load_backbone(config.model, mesh, tuple(config.rules))
   tasks = tasks_from_config(config)
-  method = make_method(config.prompt, backbone, tasks)
+  method = make_method(config.prompt, backbone, tasks)  # vocabulary inits read the whole backbone
   optimizer, schedule = make_optimizer(config.optimizer, config.num_steps)
-  return Experiment(config, mesh, backbone, tasks, method, optimizer, schedule)
+  backbone, pretrained = split_trainable(backbone, config.model.trainable)
+  return Experiment(config, mesh, backbone, tasks, method, optimizer, schedule, pretrained, trained_shapes(pretrained))
+
+
+def split_trainable(backbone: Backbone, spec: str) -> tuple[Backbone, trainable.Flat]:
+  """The backbone without the weights `spec` (config.model.trainable) chooses, and those weights."""
+  frozen, chosen = trainable.split(backbone.frozen, trainable.select(backbone.frozen, spec))
+  return dataclasses.replace(backbone, frozen=frozen), chosen
+
+
+def trained_shapes(weights: trainable.Flat) -> dict[str, jax.ShapeDtypeStruct]:
+  """The float32 master copies' shapes, in each weight's own sharding."""
+  return {p: jax.ShapeDtypeStruct(x.shape, jnp.float32, sharding=x.sharding) for p, x in weights.items()}
 
 
 def task_features(exp: Experiment, task: TaskData, split: str) -> list[features_lib.Feature]:

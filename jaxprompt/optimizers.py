@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -32,6 +33,17 @@ def learning_rate_schedule(opt: Any, num_steps: int) -> optax.Schedule:
   return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
 
 
+def _decayed(params: Any) -> Any:
+  """True for the weights AdamW decays: all but biases and norms (PET's and LM-BFF's no_decay list,
+  "bias" and "LayerNorm.weight"; here norms are the modules named *norm*)."""
+  def decays(path, _) -> bool:
+    names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+    parts = [part for name in names for part in name.split("/")]
+    return parts[-1] != "bias" and not any("norm" in part for part in parts[:-1])
+
+  return jax.tree_util.tree_map_with_path(decays, params)
+
+
 def make_optimizer(opt: Any, num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """(optimizer, schedule). Gradients are clipped by global norm first when `clip_norm` > 0."""
   if opt.name not in OPTIMIZERS:
@@ -46,7 +58,8 @@ def make_optimizer(opt: Any, num_steps: int) -> tuple[optax.GradientTransformati
         weight_decay_rate=opt.weight_decay or None,
     )
   else:
-    optimizer = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay)
+    mask = None if opt.decay_biases_and_norms else _decayed
+    optimizer = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay, mask=mask)
   if opt.clip_norm > 0:
     optimizer = optax.chain(optax.clip_by_global_norm(opt.clip_norm), optimizer)
   return optimizer, schedule

@@ -105,7 +105,10 @@ def abstract_experiment(config: ml_collections.ConfigDict, mesh) -> experiment.E
   prompt.init = "uniform"  # the vocabulary-based inits read weights the planner does not have
   method = experiment.make_method(prompt, backbone, tasks)
   optimizer, schedule = make_optimizer(config.optimizer, config.num_steps)
-  return experiment.Experiment(config, mesh, backbone, tasks, method, optimizer, schedule)
+  backbone, chosen = experiment.split_trainable(backbone, config.model.trainable)
+  # Only shapes: the planner needs what the state will hold, never the pretrained weights themselves.
+  return experiment.Experiment(config, mesh, backbone, tasks, method, optimizer, schedule, {},
+                               experiment.trained_shapes(chosen))
 
 
 def abstract_batch(config: ml_collections.ConfigDict, sharding: NamedSharding) -> dict[str, jax.ShapeDtypeStruct]:
@@ -160,7 +163,8 @@ def plan(config: ml_collections.ConfigDict, mesh_sizes: dict[str, int], devices:
   state, train_step = exp.abstract_state, exp.train_step()
   batch = abstract_batch(config, exp.batch_sharding)
   rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=NamedSharding(mesh, P()))
-  frozen_bytes = sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(exp.frozen))
+  shard_bytes = lambda tree: sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree))
+  frozen_bytes = shard_bytes(exp.frozen)
   device = mesh.devices.flat[0]
   report = {
       "model": _model_name(config.model), "mesh": dict(mesh.shape), "devices": mesh.size,
@@ -169,6 +173,10 @@ def plan(config: ml_collections.ConfigDict, mesh_sizes: dict[str, int], devices:
       "tokens": f"{config.prompt.length}+{config.data.max_input_len}/{config.data.max_target_len}",
       "remat_policy": config.model.remat_policy, "param_dtype": config.model.param_dtype,
       "frozen_weights_gib_per_device": round(frozen_bytes / GIB, 3),
+      # Fine-tuned backbone weights: float32 masters, sharded like the weights, as are their gradients and moments.
+      "trained_backbone_weights": len(exp.trainable_paths),
+      "trained_masters_gib_per_device": round(shard_bytes(exp.trained_shapes) / GIB, 3),
+      "optimizer_state_gib_per_device": round(shard_bytes(state.opt_state) / GIB, 3),
       "analytic_gflops_per_step": analytic_gflops(config, exp.backbone),
   }
   with sharding_lib.activate(exp.mesh, exp.rules):

@@ -109,3 +109,10 @@ def param_targets(boxed_tree: Any, mesh: Mesh | None, rules: Rules = DEFAULT_RUL
   else:
     abstract = abstract_with_shardings(boxed_tree, mesh, rules)
   return traverse_util.flatten_dict(abstract, sep="/")
+
+
+def box_values(tree: Any) -> Any:
+  """The values of a tree's boxed (logically partitioned) leaves. (`nn.meta.unbox` would also
+  constrain each one's sharding under an active mesh, which shapes and host arrays cannot take.)"""
+  is_box = lambda x: isinstance(x, nn.Partitioned)
+  return jax.tree.map(lambda x: x.value if is_box(x) else x, tree, is_leaf=is_box)

@@ -1,4 +1,5 @@
-"""The train step, whatever the backbone: gradients w.r.t. the prompt only.
+"""The train step, whatever the backbone: gradients w.r.t. what trains only — the prompt, and the
+backbone weights a run fine-tunes (trainable.py), merged into the frozen rest inside the step.
 
 A backbone family supplies `loss_sum(prompt_params, frozen, batch, rng) -> (summed loss, count)`
 (objectives/: seq2seq.py for T5, causal_lm.py for decoders, ...). Bind the static pieces with
@@ -16,20 +17,25 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from jaxprompt import trainable
+
 Batch = dict[str, jax.Array]
 LossSum = Callable[[Any, Any, Batch, jax.Array], tuple[jax.Array, jax.Array]]
 
 
 class TrainState(struct.PyTreeNode):
-  """Everything a run trains and checkpoints: small, float32, replicated."""
+  """Everything a run trains and checkpoints, float32: the prompt (small, replicated) and any
+  backbone weights it fine-tunes (sharded like the weights, as are their moments)."""
 
   step: jax.Array  # int32 scalar
   params: Any  # the prompt method's trainable params
-  opt_state: Any
+  opt_state: Any  # over (params, backbone)
+  backbone: Any = struct.field(default_factory=dict)  # trained backbone weights by '/'-joined path
 
 
-def init_train_state(params: Any, optimizer: optax.GradientTransformation) -> TrainState:
-  return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+def init_train_state(params: Any, optimizer: optax.GradientTransformation, backbone: Any = None) -> TrainState:
+  backbone = {} if backbone is None else backbone
+  return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init((params, backbone)), backbone)
 
 
 def token_log_likelihood(logits_BxTxV: jax.Array, targets_BxT: jax.Array, mask_BxT: jax.Array) -> jax.Array:
@@ -66,35 +72,41 @@ def train_step(
   count once, so the step equals the full-batch step (up to float summation order).
   """
   step_rng = jax.random.fold_in(rng, state.step)
-  grad_fn = jax.value_and_grad(loss_sum, has_aux=True)
+
+  def trained_loss(trained, frozen, batch, rng):
+    params, backbone = trained
+    return loss_sum(params, trainable.merge(frozen, backbone), batch, rng)
+
+  grad_fn = jax.value_and_grad(trained_loss, has_aux=True)
+  trained = (state.params, state.backbone)
 
   if num_microbatches == 1:
-    (total, count), grads = grad_fn(state.params, frozen, batch, step_rng)
+    (total, count), grads = grad_fn(trained, frozen, batch, step_rng)
   else:
     micro = jax.tree.map(lambda x: _split_microbatches(x, num_microbatches), batch)
 
     def accumulate(carry, xs):
       index, microbatch = xs
-      (s, n), g = grad_fn(state.params, frozen, microbatch, jax.random.fold_in(step_rng, index))
+      (s, n), g = grad_fn(trained, frozen, microbatch, jax.random.fold_in(step_rng, index))
       grads, total, count = carry
       return (jax.tree.map(jnp.add, grads, g), total + s, count + n), None
 
-    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    zeros = jax.tree.map(jnp.zeros_like, trained)
     (grads, total, count), _ = jax.lax.scan(
         accumulate, (zeros, jnp.zeros(()), jnp.zeros(())), (jnp.arange(num_microbatches), micro)
     )
 
   count = jnp.maximum(count, 1.0)
   grads = jax.tree.map(lambda g: g / count, grads)
-  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
+  updates, opt_state = optimizer.update(grads, state.opt_state, trained)
+  params, backbone = optax.apply_updates(trained, updates)
   metrics = {
       "train/loss": total / count,
       "train/grad_norm": optax.tree.norm(grads),
       "train/learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
       "train/target_tokens": count,
   }
-  return TrainState(state.step + 1, params, opt_state), metrics
+  return TrainState(state.step + 1, params, opt_state, backbone), metrics
 
 
 def _split_microbatches(x: jax.Array, num: int) -> jax.Array:

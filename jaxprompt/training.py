@@ -1,4 +1,5 @@
-"""The training loop: prompt tuning on a frozen backbone, with evaluation, checkpoints and resume.
+"""The training loop: prompt tuning on a frozen backbone (and fine-tuning of the backbone weights a
+run chooses), with evaluation, checkpoints and resume.
 
 Re-running on the same workdir resumes from its latest checkpoint. SIGTERM (a preemption notice)
 saves a checkpoint at the next step and stops cleanly.
@@ -10,6 +11,7 @@ import logging
 import math
 import signal
 import threading
+from pathlib import Path
 from typing import Any
 
 from etils import epath
@@ -23,8 +25,12 @@ from jaxprompt.checkpoint import PromptCheckpoints, export_prompt
 from jaxprompt.evaluation import evaluate
 from jaxprompt.reporting import MetricsWriter, Progress
 from jaxprompt.tasks import pipeline
+from jaxprompt.weights.hf_export import export_hf
 
 log = logging.getLogger(__name__)
+# What a Hugging Face model directory's tokenizer consists of (the formats the loaders read).
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
+                    "merges.txt", "spiece.model")
 
 
 class PreemptionWatcher:
@@ -83,6 +89,18 @@ def _host_metrics(step: int, metrics: dict[str, jax.Array]) -> dict[str, float]:
   return values
 
 
+def export_backbone(exp: experiment.Experiment, trained: Any, directory: epath.Path) -> None:
+  """The backbone with its trained weights as a Hugging Face directory (model.safetensors and
+  config.json, plus the tokenizer's files when they are local), for transformers to load."""
+  if "://" in str(directory):
+    log.warning("the fine-tuned backbone is exported to local directories only, not %s", directory)
+    return
+  source = Path(exp.config.model.tokenizer or exp.config.model.checkpoint).expanduser()
+  folder = source if source.is_dir() else source.parent
+  tokenizer = [folder / n for n in _TOKENIZER_FILES if (folder / n).is_file()] if source.exists() else []
+  export_hf(exp.backbone.config, exp.merged(trained), Path(directory), tokenizer_files=tokenizer)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains the prompt; returns the last eval metrics and the best prompt's step and value."""
   workdir = epath.Path(workdir)  # a local folder or a gs:// bucket
@@ -129,7 +147,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   def save(metrics: dict | None, force: bool = False):
     data_state = {"iterator": train_iter.get_state(), "best": best.state()}
     checkpoints.save(state, data_state, meta, metrics, force=force)
-    export_prompt(workdir, f"step_{step}", exp.method.export(state.params))
+    if exp.method is not None:
+      export_prompt(workdir, f"step_{step}", exp.method.export(state.params))
+
+  def export_best():
+    if exp.method is not None:
+      export_prompt(workdir, "best", exp.method.export(state.params))
+    if exp.trainable_paths:  # the fine-tuned backbone as a Hugging Face directory
+      export_backbone(exp, state.backbone, workdir / "backbone_best")
 
   try:
     with sharding_lib.activate(exp.mesh, exp.rules):
@@ -146,11 +171,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           report(pending)
           pending = None
           if is_eval:
-            eval_metrics = evaluate(eval_step, state.params, exp.frozen, eval_features, exp)
+            eval_metrics = evaluate(eval_step, state.params, exp.merged(state.backbone), eval_features, exp)
             writer.write(step, eval_metrics)
             log.info("step %d: %s", step, eval_metrics)
             if best.update(step, eval_metrics):
-              export_prompt(workdir, "best", exp.method.export(state.params))
+              export_best()
           save(eval_metrics if is_eval else None, force=stop)
         if stop:
           log.warning("preemption requested: saved step %d, exiting", step)

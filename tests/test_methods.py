@@ -89,8 +89,8 @@ def test_resume_is_bitwise_and_the_export_serves_the_same_prompt(case, tmp_path,
   config = {**CASES, **CLOZE_CASES}[case]()
   straight, resumed, straight_metrics = _resumed_run(tmp_path, config, monkeypatch)
   exp = experiment.build(config)
-  _, a, _ = load_prompt_params(exp, str(straight / "checkpoints" / "4"))
-  _, b, _ = load_prompt_params(exp, str(resumed / "checkpoints" / "4"))
+  _, a, _, _ = load_prompt_params(exp, str(straight / "checkpoints" / "4"))
+  _, b, _, _ = load_prompt_params(exp, str(resumed / "checkpoints" / "4"))
   jax.tree.map(np.testing.assert_array_equal, _host(a), _host(b))
   # The checkpoint keeps the full trainable state (the MLP, the LSTM), the export what it produces;
   # served from the export, the prompt scores as the training run's own evaluation did.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -45,3 +46,17 @@ def test_unknown_names_are_errors():
     make_optimizer(_opt(name="sgd"), 10)
   with pytest.raises(ValueError, match="config.optimizer.schedule='step' is not one of"):
     make_optimizer(_opt(schedule="step"), 10)
+
+
+def test_adamw_can_leave_biases_and_norms_undecayed_as_pet_and_lm_bff_train():
+  params = {"prompt": {"embeddings": jnp.ones((2, 3))},
+            "encoder/layers/mlp/wi/kernel": jnp.ones((3, 4)), "encoder/layers/mlp/wi/bias": jnp.ones((4,)),
+            "encoder/layers/attention_norm/scale": jnp.ones((3,)), "mlm_head/norm/bias": jnp.ones((3,))}
+  zero_grads = jax.tree.map(jnp.zeros_like, params)
+  # With zero gradients only weight decay moves a weight.
+  for decay_all, decayed in ((True, set(params)), (False, {"prompt", "encoder/layers/mlp/wi/kernel"})):
+    optimizer, _ = make_optimizer(_opt(name="adam", learning_rate=1.0, weight_decay=0.5,
+                                       decay_biases_and_norms=decay_all), 10)
+    updates, _ = optimizer.update(zero_grads, optimizer.init(params), params)
+    moved = {k for k, v in updates.items() if np.abs(np.asarray(jax.tree.leaves(v)[0])).max() > 0}
+    assert moved == decayed, (decay_all, moved)

@@ -131,10 +131,10 @@ def test_a_checkpoint_restores_onto_a_smaller_mesh(finished_run):
   workdir, _ = finished_run
   config = tiny_config()
   saved = experiment.build(config)
-  _, on_eight, _ = load_prompt_params(saved, str(workdir / "checkpoints" / "6"))
+  _, on_eight, _, _ = load_prompt_params(saved, str(workdir / "checkpoints" / "6"))
   config.mesh.data, config.mesh.fsdp = 2, 2
   small = experiment.build(config, mesh=sharding.make_mesh(config.mesh.to_dict(), devices=jax.devices()[:4]))
-  _, on_four, _ = load_prompt_params(small, str(workdir / "checkpoints" / "6"))
+  _, on_four, _, _ = load_prompt_params(small, str(workdir / "checkpoints" / "6"))
   assert on_four["embeddings"].sharding.mesh.devices.size == 4
   np.testing.assert_array_equal(_host(on_four)["embeddings"], _host(on_eight)["embeddings"])
 

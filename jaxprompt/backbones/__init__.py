@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import ml_collections
 from jax.sharding import Mesh
 
@@ -40,8 +42,12 @@ def load_backbone(model: ml_collections.ConfigDict, mesh: Mesh, rules) -> Backbo
 
 
 def abstract_backbone(model: ml_collections.ConfigDict, mesh: Mesh, rules) -> Backbone:
-  """The backbone's sharded shapes from its config alone, no weights read or allocated (the planner)."""
+  """The backbone's sharded shapes from its config alone, no weights read or allocated (the planner).
+  Its tokenizer too when that is a local file or folder (a cloze run's label words need it)."""
   family = family_of(model)
   config = family.planned_config(model)
   params = sharding_lib.abstract_with_shardings(family.abstract_params(config), mesh, rules)
-  return Backbone(family, config, {"params": params}, tokenizer=None, codec=None)
+  source = model.tokenizer or model.checkpoint
+  tokenizer = family.tokenizer(model) if source and Path(source).expanduser().exists() else None
+  codec = None if tokenizer is None else family.codec(tokenizer, model)
+  return Backbone(family, config, {"params": params}, tokenizer, codec)

@@ -58,6 +58,8 @@ def labels(tasks, backbone, config) -> ClozeLabels:
     )
   if config.cloze.decoding not in multi_mask.ORDERS:
     raise ValueError(f"config.cloze.decoding={config.cloze.decoding!r} is not one of {multi_mask.ORDERS}")
+  if backbone.codec is None:
+    raise ValueError("a cloze run's label words need its tokenizer: give config.model.tokenizer as a local path")
   words = None if spec.candidates else cloze.label_words(spec, backbone.codec.cloze, config.cloze.multi_token)
   return ClozeLabels(words, config.cloze.decoding, backbone.codec.pad_id)
 

@@ -24,13 +24,13 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 from jax.experimental import multihost_utils
 
+from jaxprompt import sharding as sharding_lib
 from jaxprompt.models.albert_config import AlbertConfig
 from jaxprompt.models.bert_config import HF_ACTIVATIONS, BertConfig
 from jaxprompt.models.llama_config import LlamaConfig
@@ -259,8 +259,8 @@ def _to_host(param: Any, layer: int | None) -> np.ndarray:
 def _checked_params(config: Any, params: Mapping[str, Any], sources: Mapping[str, ParamSource]) -> dict[str, Any]:
   """'/'-joined path -> param, after checking the tree against the config's params and the name table."""
   params = params["params"] if set(params) == {"params"} else params
-  flat = traverse_util.flatten_dict(nn.meta.unbox(dict(params)), sep="/")
-  targets = traverse_util.flatten_dict(nn.meta.unbox(_family(config).abstract_params(config)), sep="/")
+  flat = traverse_util.flatten_dict(sharding_lib.box_values(dict(params)), sep="/")
+  targets = traverse_util.flatten_dict(sharding_lib.box_values(_family(config).abstract_params(config)), sep="/")
   name, shape = type(config).__name__, lambda p: tuple(np.shape(flat[p]))
   problems = [f"param {p} {tuple(targets[p].shape)} is missing" for p in targets if p not in flat]
   problems += [f"param {p} {shape(p)} is not in a {name}'s params" for p in flat if p not in targets]

@@ -177,3 +177,37 @@ def test_batched_multi_mask_decoding_with_a_prompt_equals_one_example_at_a_time(
     np.testing.assert_allclose(batched[b], np.asarray(step(params, frozen, alone, None, None)["class_logits"])[0],
                                atol=1e-4, rtol=1e-5)
   assert np.all(np.isfinite(batched)) and len(np.unique(batched.round(3))) > 4
+
+
+def test_verbalizer_loss_gradient_wrt_the_backbone_weights_matches_transformers(tmp_path):
+  """What prompt-based fine-tuning differentiates (PET, LM-BFF): the loss w.r.t. the MLM's own weights."""
+  hf, module, frozen = _load("bert", tmp_path)
+  batch = _batch("bert", num_masks=1)
+  words = LabelWords(np.array([[[7]], [[9]], [[13]]], np.int32), np.ones((3, 1, 1), bool))
+  labels = cloze.ClozeLabels(words, "max_first", 0)
+
+  def mean_loss(weights):
+    total, count = cloze.loss_sum({}, weights, batch, jax.random.key(0), model=module, method=None, labels=labels)
+    return total / count
+
+  loss, grads = jax.jit(jax.value_and_grad(mean_loss))(frozen)
+  ids = torch.tensor(batch["inputs"], dtype=torch.long)
+  logits = hf(input_ids=ids, attention_mask=torch.tensor(batch["input_mask"], dtype=torch.long),
+              token_type_ids=torch.tensor(batch["token_types"], dtype=torch.long)).logits
+  at_mask = logits[torch.arange(4), torch.tensor(batch["mask_positions"][:, 0], dtype=torch.long)][:, [7, 9, 13]]
+  keep = torch.tensor(batch["example_mask"])
+  expected = torch.nn.functional.cross_entropy(at_mask[keep], torch.tensor(batch["label"], dtype=torch.long)[keep])
+  expected.backward()
+  assert abs(float(loss) - expected.item()) < 1e-5
+  g = grads["params"]
+  named = dict(hf.named_parameters())
+  pairs = {  # ours (layout-converted) -> transformers' gradient
+      "mlm_head/bias": (g["mlm_head"]["bias"], named["cls.predictions.bias"].grad),
+      "embeddings/norm/scale": (g["embeddings"]["norm"]["scale"], named["bert.embeddings.LayerNorm.weight"].grad),
+      "layer 1 intermediate kernel": (g["encoder"]["layers"]["mlp"]["wi"]["kernel"][1].T,
+                                      named["bert.encoder.layer.1.intermediate.dense.weight"].grad),
+      "word embeddings": (g["token_embedder"]["embedding"], named["bert.embeddings.word_embeddings.weight"].grad),
+  }
+  for name, (ours, theirs) in pairs.items():
+    np.testing.assert_allclose(np.asarray(ours), theirs.numpy(), atol=2e-5, rtol=1e-4, err_msg=name)
+    assert np.abs(theirs.numpy()).max() > 1e-5, name

@@ -1,0 +1,168 @@
+"""Prompt-based fine-tuning (config.model.trainable): exactly the chosen backbone weights train, as
+float32 masters sharded like the weights (their moments too), the loss falls, checkpoints hold only
+them and resume bitwise, another trainable set is refused naming both, and the best backbone is
+exported as a Hugging Face directory that transformers loads and that reproduces our logits."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+import torch
+import transformers
+from flax import traverse_util
+
+from jaxprompt import experiment, sharding, training
+from jaxprompt.checkpoint import CheckpointMismatchError
+from jaxprompt.evaluation import load_prompt_params
+from jaxprompt.models.bert import Bert
+from jaxprompt.plan import plan
+from jaxprompt.tasks import pipeline
+from jaxprompt.training import train_and_evaluate
+from tests.method_runs import CLOZE_CASES
+from tests.run_configs import workdir_files
+
+STEPS = 16
+
+
+def _config(trainable: str, **overrides):
+  """LM-BFF's SST-2 template on a random BERT MLM, no prompt: the backbone weights alone train."""
+  return CLOZE_CASES["prompt_tuning-bert-cloze"](**{
+      "prompt.method": "none", "model.trainable": trainable, "optimizer.learning_rate": 1e-3,
+      "optimizer.decay_biases_and_norms": False, "optimizer.weight_decay": 0.01, **overrides})
+
+
+def _host(tree):
+  return jax.tree.map(lambda x: np.array(x, copy=True), tree)
+
+
+def _flat(tree):
+  return traverse_util.flatten_dict(tree["params"], sep="/")
+
+
+def _train(config):
+  """STEPS steps over the first 32 examples; (experiment, pretrained weights, state, loss before, after)."""
+  config.num_steps = STEPS
+  exp = experiment.build(config)
+  examples = experiment.train_features(exp)[:32]
+  args = (config.data.max_input_len, config.data.max_target_len, tuple(config.data.bucket_lengths))
+  iterator = pipeline.train_iterator(examples, config.batch_size, config.seed, *args)
+  fixed = [pipeline.to_global(b, exp.batch_sharding) for b in pipeline.eval_batches(examples, 8, *args)]
+  loss_sum = jax.jit(exp.backbone.loss_sum(exp.method, exp.objective_labels))
+  pretrained = _host(_flat(exp.merged(exp.pretrained)))
+  step = exp.train_step()
+  with sharding.activate(exp.mesh, exp.rules):
+    def loss(state):
+      sums = [loss_sum(state.params, exp.merged(state.backbone), b, jax.random.key(0)) for b in fixed]
+      return float(sum(s for s, _ in sums) / sum(n for _, n in sums))
+
+    state = exp.init_state(exp.init_params(jax.random.key(0)))
+    before = loss(state)
+    for _ in range(STEPS):
+      state, _ = step(state, exp.frozen, pipeline.to_global(next(iterator), exp.batch_sharding), jax.random.key(1))
+    after = loss(state)
+  return exp, pretrained, state, before, after
+
+
+# Biases alone move a random model's mask logits little: their loss need only fall.
+@pytest.mark.parametrize("trainable,learning_rate,falls_to", [("all", 1e-3, 0.9), ("bias$", 3e-2, 0.995)])
+def test_fine_tuning_changes_exactly_the_chosen_weights_and_the_loss_falls(trainable, learning_rate, falls_to):
+  exp, pretrained, state, before, after = _train(_config(trainable, **{"optimizer.learning_rate": learning_rate}))
+  chosen = set(exp.trainable_paths)
+  assert chosen == ({p for p in pretrained if p.endswith("bias")} if trainable == "bias$" else set(pretrained))
+  assert set(state.backbone) == chosen and all(x.dtype == np.float32 for x in state.backbone.values())
+  merged = _host(_flat(exp.merged(state.backbone)))
+  for path, weight in pretrained.items():
+    if path in chosen and not path.startswith("pooler/"):  # the cloze loss never reads the pooler
+      assert not np.array_equal(merged[path], weight), f"{path} did not train"
+    elif path in chosen:
+      assert path.startswith("pooler/")
+    else:
+      np.testing.assert_array_equal(merged[path], weight, err_msg=f"{path} changed but does not train")
+  assert after < falls_to * before, (before, after)
+
+
+def test_the_trained_weights_and_their_moments_keep_the_weights_sharding():
+  config = _config("all", **{"mesh.data": 1, "mesh.fsdp": 8})
+  exp = experiment.build(config)
+  kernel = "encoder/layers/mlp/wi/kernel"
+  weight_sharding = exp.pretrained[kernel].sharding
+  assert not weight_sharding.is_fully_replicated  # fsdp splits it
+  state = exp.init_state(exp.init_params(jax.random.key(0)))
+  assert state.backbone[kernel].sharding.is_equivalent_to(weight_sharding, 3)
+  moments = [leaf for leaf in jax.tree.leaves(state.opt_state) if getattr(leaf, "shape", None) == state.backbone[kernel].shape]
+  assert len(moments) == 2 and all(m.sharding.is_equivalent_to(weight_sharding, 3) for m in moments)
+  # The planner counts them the same way: float32 masters and both moments, split 8 ways.
+  report = plan(config, {"data": 1, "fsdp": 8, "tensor": 1})
+  total = sum(int(np.prod(s.shape)) * 4 for s in exp.trained_shapes.values())
+  assert report["trained_backbone_weights"] == len(exp.trained_shapes)
+  assert total / 8 / 2**30 - 0.002 <= report["trained_masters_gib_per_device"] <= total / 2 / 2**30
+  assert report["optimizer_state_gib_per_device"] == pytest.approx(2 * report["trained_masters_gib_per_device"], abs=2e-3)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """The same 4 steps of bias-only fine-tuning straight, and preempted after step 2 then resumed."""
+  config = _config("bias$", **{"num_steps": 4, "eval_every": 4, "checkpoint_every": 2})
+  straight, resumed = tmp_path_factory.mktemp("straight"), tmp_path_factory.mktemp("resumed")
+  metrics = train_and_evaluate(config, str(straight))["eval"]
+  original = training.PreemptionWatcher.requested
+  training.PreemptionWatcher.requested = lambda self, step: step == 2
+  try:
+    assert train_and_evaluate(config, str(resumed))["step"] == 2
+  finally:
+    training.PreemptionWatcher.requested = original
+  assert train_and_evaluate(config, str(resumed))["step"] == 4
+  return config, straight, resumed, metrics
+
+
+def test_kill_and_resume_equals_the_uninterrupted_run_bitwise(runs):
+  config, straight, resumed, _ = runs
+  exp = experiment.build(config)
+  _, _, a, _ = load_prompt_params(exp, str(straight / "checkpoints" / "4"))
+  _, _, b, _ = load_prompt_params(exp, str(resumed / "checkpoints" / "4"))
+  assert set(a) == set(exp.trainable_paths) and a
+  jax.tree.map(np.testing.assert_array_equal, _host(a), _host(b))
+
+
+def test_checkpoints_hold_the_trained_weights_only(runs):
+  _, straight, _, _ = runs
+  files = workdir_files(straight / "checkpoints" / "4")
+  size = sum(p.stat().st_size for p in files)
+  # Biases of a 2-layer, 32-wide BERT with their two moments: kilobytes; its 30,522 x 32 embedding
+  # table alone would be 3.9 MB.
+  assert size < 400_000, [(p.name, p.stat().st_size) for p in files]
+
+
+def test_restoring_into_another_trainable_set_fails_naming_both(runs):
+  config, straight, _, _ = runs
+  other = _config("mlm_head/", **{"num_steps": 4})
+  with pytest.raises(CheckpointMismatchError, match=r"trainable backbone weights: checkpoint \d+ weights: .*bias.*"
+                                                    r"this run \d+ weights: mlm_head/"):
+    train_and_evaluate(other, str(straight))
+  del config
+
+
+def test_the_best_backbone_is_a_hugging_face_directory_transformers_reproduces(runs):
+  config, straight, _, metrics = runs
+  directory = straight / "backbone_best"
+  assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in directory.iterdir()}
+  hf = transformers.BertForMaskedLM.from_pretrained(str(directory)).eval()
+  exp = experiment.build(config)
+  _, _, trained, _ = load_prompt_params(exp, str(straight / "checkpoints" / "4"))
+  ids = np.asarray(experiment.train_features(exp)[0].inputs)[None]
+  model = Bert(exp.backbone.config.replace(dtype="float32"))
+  hidden = model.apply(exp.merged(trained), ids, ids > -1).hidden_BxTxD
+  ours = np.asarray(model.apply(exp.merged(trained), hidden, method=Bert.mlm_logits))
+  with torch.no_grad():
+    theirs = hf(input_ids=torch.tensor(ids, dtype=torch.long)).logits.numpy()
+  np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=1e-4)
+  assert "eval/accuracy" in metrics
+
+
+def test_a_run_with_nothing_to_train_says_so():
+  exp = experiment.build(_config("none"))
+  with pytest.raises(ValueError, match="nothing to train"):
+    exp.train_step()
+  with pytest.raises(ValueError, match=r"trainable='nothing_matches\$' matches none of the backbone's weights: "):
+    experiment.build(_config("nothing_matches$"))
