@@ -78,6 +78,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict(dict(
       train=data_source("tfds"),
       eval=data_source("tfds"),
+      # Unlabeled records for config.cloze.mlm_alpha (read only then), rendered with the task's pattern.
+      unlabeled=data_source("jsonl"),
+      unlabeled_batch_size=0,  # unlabeled rows beside each labelled batch; 0: config.batch_size
       max_input_len=512,  # longer inputs are truncated (and counted)
       max_target_len=8,  # verbalizer targets are a few tokens
       bucket_lengths=(128, 256, 512),  # pad each batch's inputs to the smallest that fits
@@ -114,6 +117,9 @@ def base_config() -> ml_collections.ConfigDict:
       # masks; k = the longest word); False: every label word must be one token.
       multi_token=False,
       decoding="max_first",  # several masks at inference: max_first (PET's default) | ltr | parallel
+      # PET's auxiliary MLM loss on unlabeled text (config.data.unlabeled), the weight α of its
+      # term: (1 - α) task + α MLM; the paper's 1e-4 (PET's code's --alpha is 1 - α). 0: off.
+      mlm_alpha=0.0,
   ))
   config.icl = ml_collections.ConfigDict(dict(
       num_shots=0,  # GPT-3-style demonstrations from the training data before each eval input

@@ -8,15 +8,20 @@ Arguments after the colon (comma-separated key=value):
   task     pet: agnews boolq cb copa rte wic multirc mnli yelp_polarity yelp_full yahoo;
            lm_bff: sst2 sst5 mr cr mpqa subj trec cola mnli snli qnli rte mrpc qqp
   pattern  PET's pattern id (pet only; default 0)
+  train    all (prompt-based fine-tuning of every weight, as both papers) | bias (biases only,
+           BitFit) | prompt (a 20-token soft prompt on the frozen MLM instead)
   data     tfds (downloads) | local (../shared/data where it has the task)
 The patterns, label words and maximum lengths are the presets of jaxprompt/tasks/cloze_presets.py.
 The backbone: RoBERTa-large (both papers' English experiments), ALBERT-xxlarge-v2 for PET's
 SuperGLUE tasks (PET with multiple masks); any local MLM checkpoint with
 --config.model.checkpoint=/path and --config.model.family=bert|albert.
 
-Training: a soft prompt (prompt tuning, 20 tokens, Adam) on the frozen MLM, scored at the mask by
-the task's verbalizer. COPA's choices of several tokens train with PET's hinge loss over one pass
-with k masks, and are decoded max-first at evaluation (config.cloze.decoding).
+Fine-tuning follows the papers' code: AdamW at 1e-5 with linear decay to 0 and no warm-up, no
+weight decay on biases and norms (PET: 0.01 on the rest and gradients clipped at norm 1; LM-BFF:
+none), PET's FewGLUE batch 16 for 250 steps, LM-BFF's batch 8 for 1000 steps evaluated every 100
+(the best kept). COPA's choices of several tokens train with PET's hinge loss over one pass with k
+masks and are decoded max-first at evaluation (config.cloze.decoding). PET's auxiliary MLM loss:
+--config.cloze.mlm_alpha=1e-4 with --config.data.unlabeled.* naming unlabeled records.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ _SUPERGLUE = ("boolq", "cb", "copa", "rte", "wic", "multirc")
 _LOCAL = ("sst2", *_SUPERGLUE)  # tasks ../shared/data has (its AG News file has no titles)
 _BEST_METRIC = {"cb": "f1_macro", "multirc": "f1a"}
 _METRIC = {"cb": "f1_macro", "multirc": "multirc"}
+_TRAIN = {"all": "all", "bias": "bias$", "prompt": "none"}  # train= -> config.model.trainable
 
 
 def _preset(recipe: str, task: str, pattern: int):
@@ -46,9 +52,11 @@ def _preset(recipe: str, task: str, pattern: int):
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = parse_args(arg, recipe="lm_bff", task="sst2", pattern="0", data="tfds")
+  args = parse_args(arg, recipe="lm_bff", task="sst2", pattern="0", train="all", data="tfds")
   recipe, task = args["recipe"], args["task"]
   preset = _preset(recipe, task, int(args["pattern"]))
+  if args["train"] not in _TRAIN:
+    raise ValueError(f"train={args['train']!r} is not one of {tuple(_TRAIN)}")
   config = base_config()
 
   albert = recipe == "pet" and task in _SUPERGLUE
@@ -56,6 +64,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.checkpoint = "albert-xxlarge-v2" if albert else "roberta-large"
   config.model.dtype = "float32"
   config.model.param_dtype = "float32"
+  config.model.dropout_rate = 0.0 if albert else 0.1  # the checkpoints' own (ALBERT v2 has none)
+  config.model.trainable = _TRAIN[args["train"]]
 
   config.task = ml_collections.ConfigDict(vars(preset.task_spec(task, _METRIC.get(task, "accuracy"))))
   config.best_metric = "eval/" + _BEST_METRIC.get(task, "accuracy")
@@ -67,15 +77,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.max_target_len = 1  # the label words are scored at the mask, not generated
   config.max_decode_len = 1
 
-  config.prompt.length = 20
-  config.prompt.init = "vocab"
-  config.optimizer.name = "adam"
-  config.optimizer.learning_rate = 3e-3
+  config.optimizer.name = "adam"  # AdamW
   config.optimizer.schedule = "linear"
-  config.optimizer.weight_decay = 0.0
-  config.batch_size = 16
+  config.optimizer.decay_biases_and_norms = False
+  pet = recipe == "pet"
+  config.optimizer.weight_decay = 0.01 if pet else 0.0
+  config.optimizer.clip_norm = 1.0 if pet else 0.0
+  config.batch_size = 16 if pet else 8
+  config.num_steps = 250 if pet else 1000
+  if args["train"] == "prompt":  # Lester et al.'s prompt on the frozen MLM, at a prompt's learning rate
+    config.prompt.length, config.prompt.init = 20, "vocab"
+    config.optimizer.learning_rate, config.optimizer.weight_decay = 3e-3, 0.0
+  else:
+    config.prompt.method = "none"
+    config.optimizer.learning_rate = 1e-5 if args["train"] == "all" else 1e-3  # BitFit's larger rate
   config.eval_batch_size = 32
-  config.num_steps = 1000  # LM-BFF's 1000 steps, evaluated every 100
   config.eval_every = 100
   config.checkpoint_every = 100
   return config

@@ -118,7 +118,7 @@ def _initializer(prompt: ml_collections.ConfigDict, backbone: Backbone, tasks: t
   if prompt.init == "vocab":
     return initializers.sampled_vocab(embedding, prompt.vocab_population)
   if prompt.init == "class_labels":  # a mixture: every task's label words, task by task
-    label_ids = [backbone.codec.encode_words(text) for task in tasks for text in task.spec.verbalizer]
+    label_ids = [backbone.codec.encode_words(word) for task in tasks for words in task.spec.label_words for word in words]
     return initializers.class_labels(embedding, label_ids, prompt.vocab_population)
   if prompt.init == "file":
     return initializers.from_file(prompt.init_file)
@@ -327,6 +327,21 @@ def train_features(exp: Experiment) -> list[features_lib.Feature]:
     return task_features(exp, exp.tasks[0], "train")
   limit = exp.config.data.examples_per_task_limit or None
   return mix_tasks([task_features(exp, task, "train") for task in exp.tasks], exp.config.seed, limit)
+
+
+def unlabeled_features(exp: Experiment) -> list[features_lib.Feature] | None:
+  """config.data.unlabeled rendered with the task's pattern, for PET's auxiliary MLM loss; None when off."""
+  if not exp.config.cloze.mlm_alpha:
+    return None
+  (task,) = exp.tasks  # the cloze objective trains one task
+  source = task_spec.data_source_from_config(exp.config.data.unlabeled)
+  data = exp.config.data
+  feats, stats = features_lib.featurize(readers.read_records(source), task.spec, exp.backbone.codec, data.max_input_len,
+                                        data.max_target_len, data.skip_bad_examples, None, exp.config.cloze.multi_token)
+  log.info("unlabeled data (%s): %s", source, stats.summary())
+  if not feats:
+    raise ValueError(f"config.data.unlabeled gave no usable examples ({stats.summary()})")
+  return feats
 
 
 def eval_features(exp: Experiment) -> dict[str, list[features_lib.Feature]]:

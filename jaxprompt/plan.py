@@ -123,6 +123,10 @@ def abstract_batch(config: ml_collections.ConfigDict, sharding: NamedSharding) -
       "mask_positions": ((b, 1), jnp.int32), "candidates": ((b, 1, 1), jnp.int32),
       "candidate_mask": ((b, 1, 1), jnp.bool_),
   }
+  if config.cloze.mlm_alpha:  # PET's unlabeled batch beside each labelled one
+    u = config.data.unlabeled_batch_size or b
+    shapes.update({"unlabeled_inputs": ((u, length), jnp.int32), "unlabeled_input_mask": ((u, length), jnp.bool_),
+                   "unlabeled_token_types": ((u, length), jnp.int32)})
   return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding) for k, (shape, dtype) in shapes.items()}
 
 

@@ -119,6 +119,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       tuple(config.data.bucket_lengths), jax.process_index(), jax.process_count(), exp.backbone.codec.pad_inputs_left,
       config.data.length_window,
   )
+  unlabeled = experiment.unlabeled_features(exp)
+  unlabeled_iter = None if unlabeled is None else pipeline.train_iterator(
+      unlabeled, config.data.unlabeled_batch_size or config.batch_size, config.seed + 1, config.data.max_input_len,
+      config.data.max_target_len, tuple(config.data.bucket_lengths), jax.process_index(), jax.process_count(),
+      exp.backbone.codec.pad_inputs_left,
+  )
   best = BestTracker(config.best_metric, best_mode)
   latest = checkpoints.latest_step()
   if latest is None:
@@ -126,6 +132,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   else:
     state, data_state = checkpoints.restore(latest, exp.abstract_state, meta)
     train_iter.set_state(data_state["iterator"])
+    if unlabeled_iter is not None:
+      unlabeled_iter.set_state(data_state["unlabeled_iterator"])
     best = BestTracker(config.best_metric, best_mode, data_state["best"])
     log.info("resumed from %s at step %d", workdir / "checkpoints", latest)
 
@@ -146,6 +154,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   def save(metrics: dict | None, force: bool = False):
     data_state = {"iterator": train_iter.get_state(), "best": best.state()}
+    if unlabeled_iter is not None:
+      data_state["unlabeled_iterator"] = unlabeled_iter.get_state()
     checkpoints.save(state, data_state, meta, metrics, force=force)
     if exp.method is not None:
       export_prompt(workdir, f"step_{step}", exp.method.export(state.params))
@@ -160,6 +170,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     with sharding_lib.activate(exp.mesh, exp.rules):
       while step < config.num_steps:
         batch = pipeline.to_global(next(train_iter), exp.batch_sharding)
+        if unlabeled_iter is not None:  # PET: one unlabeled batch beside each labelled one
+          batch.update(pipeline.unlabeled_keys(pipeline.to_global(next(unlabeled_iter), exp.batch_sharding)))
         state, metrics = train_step(state, exp.frozen, batch, dropout_rng)
         if pending is not None:
           report(pending)  # after dispatching this step, so the host never stalls the device

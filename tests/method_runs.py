@@ -103,7 +103,7 @@ CASES: dict[str, Callable[..., ml_collections.ConfigDict]] = {
 # A soft prompt barely moves a random MLM's mask logits, so these are not in the loss-falls test.
 CLOZE_CASES: dict[str, Callable[..., ml_collections.ConfigDict]] = {
     "prompt_tuning-bert-cloze": lambda **o: small(
-        tiny_mlm(small_sst2_files(cloze.get_config("recipe=lm_bff,task=sst2,data=local"))), **{"prompt.length": 4, **o}),
+        tiny_mlm(small_sst2_files(cloze.get_config("recipe=lm_bff,task=sst2,train=prompt,data=local"))), **{"prompt.length": 4, **o}),
     "prompt_tuning-albert-copa": lambda **o: small(
-        tiny_mlm(cloze.get_config("recipe=pet,task=copa,data=local")), **{"prompt.length": 4, **o}),
+        tiny_mlm(cloze.get_config("recipe=pet,task=copa,train=prompt,data=local")), **{"prompt.length": 4, **o}),
 }

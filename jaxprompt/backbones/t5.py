@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from jaxprompt.models.t5_config import T5Config
 from jaxprompt.prompts.prefix_tuning import AttentionShape
 from jaxprompt.tasks.codec import TextCodec, t5_codec
 from jaxprompt.weights.t5_loader import load_t5, read_t5_config
-from jaxprompt.weights.tokenizer import load_t5_tokenizer
+from jaxprompt.weights.tokenizer import extra_id_token, load_t5_tokenizer
 
 
 class T5Family(Family):
@@ -54,7 +55,9 @@ class T5Family(Family):
     return load_t5_tokenizer(model.tokenizer or model.checkpoint)
 
   def codec(self, tokenizer: Any, model: ml_collections.ConfigDict) -> TextCodec:
-    return t5_codec(tokenizer)
+    # A cloze pattern reads as span corruption, T5's pre-training task:
+    # "It was <extra_id_0> ." -> "<extra_id_0> great <extra_id_1>".
+    return dataclasses.replace(t5_codec(tokenizer), cloze_sentinels=(extra_id_token(0), extra_id_token(1)))
 
   def embed_dim(self, config: T5Config) -> int:
     return config.d_model

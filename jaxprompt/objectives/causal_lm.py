@@ -24,6 +24,7 @@ from jaxprompt.models.llama import Llama
 from jaxprompt.models.llama_decoding import greedy_continue, prefill, step_prompt
 from jaxprompt.models.prompt import extended_by, repeat_examples
 from jaxprompt.steps import Batch, class_cross_entropy, token_log_likelihood
+from jaxprompt.tasks import cloze
 from jaxprompt.tasks import features as features_lib
 
 
@@ -99,7 +100,7 @@ def labels(tasks, backbone, config) -> jax.Array | None:
     return None
   if len(tasks) != 1:
     raise ValueError(f"config.loss_over='label_words' trains on one task; config.mixture names {len(tasks)}")
-  verbalizer = tasks[0].spec.verbalizer
+  verbalizer = cloze.label_texts(tasks[0].spec, backbone.codec)  # a cloze pattern's label words continue it
   ids = [backbone.codec.encode_label(text) for text in verbalizer]
   if any(len(i) != 1 for i in ids) or len({i[0] for i in ids}) != len(ids):
     raise ValueError(

@@ -9,6 +9,10 @@
                (config.cloze.decoding: max_first, PET's default; ltr; parallel), batched over
                examples and choices
 
+With config.cloze.mlm_alpha (PET's auxiliary loss, paper α = 1e-4), an unlabeled batch beside each
+labelled one (keys unlabeled_inputs, unlabeled_input_mask, unlabeled_token_types) is BERT-masked
+in the step and its MLM loss mixed in: (1 - α) task + α MLM (mlm.py).
+
 The mask positions' states are gathered before the vocabulary projection, and one mask's scores
 read only the label words' rows of it: no [B, L, V] logits. Batch keys (pipeline.py): inputs,
 input_mask, token_types, mask_positions, label, example_mask; candidates and candidate_mask for
@@ -26,9 +30,20 @@ import jax
 import jax.numpy as jnp
 
 from jaxprompt.models.prompt import repeat_examples, token_slots
+from jaxprompt.objectives import mlm as mlm_lib
 from jaxprompt.objectives import multi_mask
 from jaxprompt.steps import Batch, class_cross_entropy
 from jaxprompt.tasks import cloze
+
+
+@dataclasses.dataclass(frozen=True)
+class AuxiliaryMLM:
+  """PET's auxiliary MLM loss on the unlabeled batch beside each labelled one (batch keys unlabeled_*)."""
+
+  alpha: float  # the paper's α, the MLM term's weight (PET's code's --alpha is 1 - α)
+  mask_id: int
+  special_ids: tuple[int, ...]  # never masked: [CLS], [SEP], padding, the pattern's [MASK]
+  vocab_size: int  # random replacements are drawn from it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +53,7 @@ class ClozeLabels:
   words: cloze.LabelWords | None
   decoding: str  # how choices of several tokens are decoded at inference (multi_mask.ORDERS)
   pad_id: int
+  mlm: AuxiliaryMLM | None = None
 
   @property
   def several_masks(self) -> bool:
@@ -61,7 +77,15 @@ def labels(tasks, backbone, config) -> ClozeLabels:
   if backbone.codec is None:
     raise ValueError("a cloze run's label words need its tokenizer: give config.model.tokenizer as a local path")
   words = None if spec.candidates else cloze.label_words(spec, backbone.codec.cloze, config.cloze.multi_token)
-  return ClozeLabels(words, config.cloze.decoding, backbone.codec.pad_id)
+  mlm = None
+  if config.cloze.mlm_alpha:
+    if config.model.trainable == "none":
+      raise ValueError("config.cloze.mlm_alpha trains the MLM on unlabeled text: it needs backbone weights that train"
+                       " (config.model.trainable)")
+    tokens, tokenizer = backbone.codec.cloze, backbone.tokenizer
+    specials = {*tokens.start_ids, *tokens.middle_ids, *tokens.end_ids, tokens.mask_id, backbone.codec.pad_id}
+    mlm = AuxiliaryMLM(config.cloze.mlm_alpha, tokens.mask_id, tuple(sorted(specials)), tokenizer.vocab_size)
+  return ClozeLabels(words, config.cloze.decoding, backbone.codec.pad_id, mlm)
 
 
 def label_targets(spec, codec, max_target_len):
@@ -113,16 +137,34 @@ def loss_sum(
 ) -> tuple[jax.Array, jax.Array]:
   """(summed loss, number of labelled examples): cross-entropy over classes, or the hinge over choices."""
   prompt = _prompt(method, prompt_params, batch)
-  rngs = None if model.deterministic else {"dropout": rng}
+  dropout_rng, masking_rng = jax.random.split(rng)
+  rngs = None if model.deterministic else {"dropout": dropout_rng}
   labelled_B = (batch["label"] >= 0) & batch["example_mask"]
   if not labels.several_masks:
     token_ids = jnp.asarray(labels.words.ids_CxWxK[:, :, 0].reshape(-1))
     scores_BxC = _one_mask_scores(_mask_logits(model, frozen, prompt, rngs, token_ids), batch, labels.words)
-    return class_cross_entropy(scores_BxC, batch["label"], labelled_B)
-  candidates, candidate_mask = _choices(batch, labels)
-  scores_BxC = multi_mask.choice_log_probs_one_pass(
-      _mask_logits(model, frozen, prompt, rngs), *_inputs(batch), candidates, candidate_mask)
-  return multi_mask.hinge_loss(scores_BxC, batch["label"], labelled_B, jnp.any(candidate_mask, axis=-1))
+    total, count = class_cross_entropy(scores_BxC, batch["label"], labelled_B)
+  else:
+    candidates, candidate_mask = _choices(batch, labels)
+    scores_BxC = multi_mask.choice_log_probs_one_pass(
+        _mask_logits(model, frozen, prompt, rngs), *_inputs(batch), candidates, candidate_mask)
+    total, count = multi_mask.hinge_loss(scores_BxC, batch["label"], labelled_B, jnp.any(candidate_mask, axis=-1))
+  if labels.mlm is None:
+    return total, count
+  mlm_sum, mlm_count = _auxiliary_mlm(model, frozen, batch, rngs, masking_rng, labels.mlm)
+  return mlm_lib.combine_with_mlm(total, count, mlm_sum, mlm_count, labels.mlm.alpha)
+
+
+def _auxiliary_mlm(model: nn.Module, frozen: Any, batch: Batch, rngs, rng: jax.Array,
+                   mlm: AuxiliaryMLM) -> tuple[jax.Array, jax.Array]:
+  """(summed, count) MLM loss of the unlabeled batch, BERT-masked here (a new draw every step)."""
+  ids, valid, types = batch["unlabeled_inputs"], batch["unlabeled_input_mask"], batch["unlabeled_token_types"]
+  # The pattern-rendered unlabeled text, as PET trains it; the MLM runs without the prompt.
+  maskable = valid & ~jnp.isin(ids, jnp.asarray(mlm.special_ids))
+  masked, positions, targets, weights = mlm_lib.bert_masking(
+      rng, ids, maskable, mask_id=mlm.mask_id, vocab_size=mlm.vocab_size,
+      max_predictions=mlm_lib.default_max_predictions(ids.shape[1]))
+  return mlm_lib.mlm_loss_sum(_mask_logits(model, frozen, None, rngs), masked, valid, types, positions, targets, weights)
 
 
 def eval_step(

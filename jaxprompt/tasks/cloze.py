@@ -4,6 +4,11 @@ its mask block, and the label words or per-example candidates the objective scor
 The mask block holds k masks: 1 for single-token label words; with `multi_token` (PET with
 multiple masks) the longest label word's token count; with per-example candidates (COPA), the
 longest candidate's, per example.
+
+On text families the same pattern-verbalizer pair is rendered as text and ranked as texts:
+T5 reads the pattern with its first sentinel where the mask was and a class's target is the
+span-corruption form "<extra_id_0> great <extra_id_1>"; a decoder reads the pattern up to the mask
+and a class's target continues it (" great", so that byte-level BPE spells it as one token).
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ import numpy as np
 
 from jaxprompt.tasks.cloze_presets import mark_wsc_pronoun
 from jaxprompt.tasks.lm_bff_templates import parse_lm_bff
-from jaxprompt.tasks.patterns import ClozePattern, ClozeTokens, Slot, parse_pattern, parse_slot
+from jaxprompt.tasks.codec import TextCodec
+from jaxprompt.tasks.patterns import (ClozePattern, ClozeTokens, Mask, Segment, Slot, Special, Text, VocabToken,
+                                      parse_pattern, parse_slot)
 from jaxprompt.tasks.records import DataError, Record
 
 PREPARES = {"wsc_pronoun": mark_wsc_pronoun}  # record transforms a pattern may need first
@@ -98,3 +105,102 @@ def encode_example(record: Record, spec, tokens: ClozeTokens, num_masks: int, ma
   encoded = pattern_of(spec).encode(record, tokens, num_masks, max_len)
   return ClozeExample(list(encoded.ids), list(encoded.token_types), list(encoded.mask_positions), choices,
                       encoded.truncated)
+
+
+def check_text_family(spec, codec: TextCodec) -> None:
+  """A ValueError unless `codec`'s family can read the cloze task `spec` as text (T5, decoders)."""
+  if codec.cloze is not None:
+    raise ValueError(f"Task {spec.name!r}: a masked LM scores label words at its mask (cloze.label_words), not texts")
+  if not codec.cloze_sentinels and not codec.keep_input_end:
+    # A continuation must keep the text right before the answer when it is cut.
+    raise ValueError(
+        f"Task {spec.name!r} has a cloze pattern, which needs a masked LM's tokenizer (family bert, albert), T5's"
+        " sentinels (TextCodec.cloze_sentinels) or a decoder's codec (one whose truncation keeps the input's end)"
+    )
+  if spec.candidates:
+    raise ValueError(f"Task {spec.name!r}: candidates are scored on masked LMs only for now (family bert, albert)")
+  if not codec.cloze_sentinels and (slot := _slot_after_mask(pattern_of(spec))) is not None:
+    raise ValueError(
+        f"Task {spec.name!r}: the pattern {spec.pattern!r} has {slot} after its mask, but a decoder cannot read"
+        " text after its answer: only fixed text (which is dropped) may follow the mask"
+    )
+
+
+def label_texts(spec, codec: TextCodec) -> tuple[str, ...]:
+  """Each class's target text: the verbalizer; for a cloze task, its word as the family's answer."""
+  if not spec.pattern:
+    return spec.verbalizer
+  check_text_family(spec, codec)
+  texts = []
+  for name, words in zip(spec.label_names, spec.label_words, strict=True):
+    if len(words) > 1:
+      raise ValueError(
+          f"Task {spec.name!r}: class {name!r} has several label words {words}; rank classification on T5 and"
+          " decoders scores one text per class, so give it one word"
+      )
+    if codec.cloze_sentinels:
+      texts.append(f"{codec.cloze_sentinels[0]} {words[0]} {codec.cloze_sentinels[1]}")
+    else:
+      texts.append(codec.word_prefix + words[0])
+  return tuple(texts)
+
+
+def text_input(record: Record, spec, codec: TextCodec) -> str:
+  """The record's pattern as input text: T5's first sentinel at the mask; a decoder's text up to it."""
+  before, after = text_before_and_after_mask(record, spec)
+  if codec.cloze_sentinels:
+    return f"{before} {codec.cloze_sentinels[0]}{after}".lstrip()
+  return before
+
+
+def text_before_and_after_mask(record: Record, spec) -> tuple[str, str]:
+  """The filled pattern as a reader writes it, split at the mask: (text before, text after).
+
+  PET's segments are joined with single spaces (their edge `{_}` spaces dropped; text glued to the
+  mask stays glued), sequence B after A with a space; LM-BFF's pieces are joined as written, without
+  *cls* and *sep*. The mask has a space before it (LM-BFF's label words carry one); `after` starts
+  with the space a reader puts after the mask, if any. LM-BFF's sentence limits, which count a
+  masked LM's tokens, do not apply: the family's codec cuts the text.
+  """
+  if spec.prepare:
+    record = PREPARES[spec.prepare](record)
+  pattern = pattern_of(spec)
+  if not any(slot.text(record.fields, record.where).strip() for slot in pattern.slots):
+    fields = [slot.path for slot in pattern.slots]
+    raise DataError(f"{record.where}: empty input: the fields {fields} of task {spec.name!r} are all blank")
+  sides: tuple[list[tuple[str, bool]], ...] = ([], [])  # (text, glued to the text before it), before and after
+  side = 0
+  for segment in (s for sequence in pattern.sequences for s in sequence):
+    if isinstance(segment, Mask):
+      side = 1
+    elif (piece := _piece(segment, record)) is not None:
+      sides[side].append(piece)
+  return _joined(sides[0]).strip(), _joined(sides[1]).rstrip()
+
+
+def _piece(segment: Segment, record: Record) -> tuple[str, bool] | None:
+  """A segment's text and whether it is glued to the text before it; None for the mask and specials."""
+  if isinstance(segment, (Mask, Special)):
+    return None
+  if isinstance(segment, VocabToken):
+    return segment.token, True
+  text = "".join(p if isinstance(p, str) else p.text(record.fields, record.where) for p in segment.pieces)
+  return text, not segment.spaced
+
+
+def _joined(pieces: list[tuple[str, bool]]) -> str:
+  """Pieces joined with one space before each (none before glued text); blank pieces dropped, as PET does."""
+  out = ""
+  for text, glued in pieces:
+    if not text.strip():
+      continue
+    out = out + text if glued and not text[0].isspace() else out.rstrip() + " " + text.lstrip()
+  return out
+
+
+def _slot_after_mask(pattern: ClozePattern) -> Slot | None:
+  """The first slot that follows the mask block, if any."""
+  segments = [s for sequence in pattern.sequences for s in sequence]
+  after = segments[next(i for i, s in enumerate(segments) if isinstance(s, Mask)) + 1 :]
+  slots = [p for s in after if isinstance(s, Text) for p in s.pieces if isinstance(p, Slot)]
+  return slots[0] if slots else None

@@ -9,6 +9,9 @@ example's answer starts at the same column.
 BERT (encoder with a classification or tagging head): inputs are [CLS] text [SEP]; a too-long
 input loses its end, [SEP] kept; there are no text targets.
 
+A cloze pattern (tasks/cloze.py) is read as text on T5 (its sentinel at the mask) and on decoders
+(the text up to the mask, the label word continuing it).
+
 Besides whole texts, an input can be encoded from pieces (P-tuning: text and pseudo tokens, each
 pseudo token one position holding `pad_id`) or word by word (token labelling: which position is
 each word's first sub-token).
@@ -49,6 +52,10 @@ class TextCodec:
   # A masked LM's cloze layout (tasks/patterns.ClozeTokens: mask id, [CLS] A [SEP] B [SEP] ...);
   # None for families that fill no [MASK].
   cloze: Any = None
+  # T5's span-corruption sentinels (<extra_id_0>, <extra_id_1>): a cloze pattern's mask becomes the
+  # first in the input, a label word's target is "first word second". Empty where a cloze pattern's
+  # answer continues its text instead (decoders) or is filled at a [MASK] (`cloze`).
+  cloze_sentinels: tuple[str, ...] = ()
 
   def truncate_input(self, ids: list[int], max_len: int) -> tuple[list[int], bool]:
     """The input cut to `max_len` tokens, and whether it was cut."""

@@ -128,30 +128,43 @@ def featurize(
   by one and has label -1, empty targets and `token_labels`; a record without tags is unlabeled
   (every token label -1). A cloze task fills its pattern (truncated as PET does, never the mask or
   the pattern's text) with as many masks as its longest label word (`multi_token`; else label words
-  must be one token) or, with candidates, as the longest of each example's choices.
+  must be one token) or, with candidates, as the longest of each example's choices. On T5 and decoders
+  (no `codec.cloze`) a cloze pattern is rendered as text and its classes ranked as texts (cloze.py);
+  inputs are cut as the codec says, and `multi_token` does not apply.
   """
-  if spec.pattern:
+  if spec.pattern and codec.cloze is not None:
     return _cloze_features(records, spec, codec, max_input_len, skip_bad_examples, input_prefix, multi_token)
+  if spec.pattern:
+    cloze.check_text_family(spec, codec)
+    if input_prefix is not None:
+      raise ValueError(f"Task {spec.name!r}: in-context demonstrations are not supported with a cloze pattern")
   if max_input_len < 1 or max_target_len < 1:
     raise ValueError(f"max_input_len and max_target_len must be positive, got {max_input_len}, {max_target_len}")
   if spec.token_label_names and input_prefix is not None:
     raise ValueError(f"Task {spec.name!r} labels tokens: in-context demonstrations (input_prefix) are not supported")
   if spec.flatten == "multirc":
     records = flatten_multirc(records)
-  template = Template(spec.template)
+  template = None if spec.pattern else Template(spec.template)
   target_template = Template(spec.target_template) if spec.target_template is not None else None
-  verbalized = [codec.encode_label(text) for text in spec.verbalizer]
+  verbalized = [codec.encode_label(text) for text in cloze.label_texts(spec, codec)]
+  # T5's cut keeps the input's start: a long cloze input could lose its sentinel, the mask itself.
+  sentinel = codec.encode_words(codec.cloze_sentinels[0]) if spec.pattern and codec.cloze_sentinels else []
   stats = FeatureStats(records=len(records))
   features = []
   for position, record in enumerate(records):
     try:
       if spec.token_label_names:
         example = _tagged_example(record, spec, template, codec)
+      elif spec.pattern:
+        inputs = codec.encode_input(cloze.text_input(record, spec, codec))
+        example = _labelled_example(record, spec, inputs, [], verbalized)
       else:
         prefix = input_prefix(position) if input_prefix else ""
         example = _text_example(record, spec, template, target_template, verbalized, codec, prefix)
       kept = codec.kept_input_positions(example.inputs, max_input_len)
       _check_pseudo_tokens_kept(example.soft_positions, kept, max_input_len, record.where)
+      if sentinel:
+        _check_sentinel_kept(example.inputs, kept, sentinel[0], codec, max_input_len, record.where)
     except DataError as e:
       if not skip_bad_examples:
         raise
@@ -181,9 +194,7 @@ def _cloze_features(
     records: Sequence[Record], spec: TaskSpec, codec: TextCodec, max_input_len: int, skip_bad_examples: bool,
     input_prefix: Callable[[int], str] | None, multi_token: bool,
 ) -> tuple[list[Feature], FeatureStats]:
-  """featurize for a cloze pattern: filled, tokenized segment by segment, its mask block marked."""
-  if codec.cloze is None:
-    raise ValueError(f"Task {spec.name!r} has a cloze pattern, which needs a masked LM's tokenizer (family bert, albert)")
+  """featurize for a cloze pattern on a masked LM: filled, tokenized segment by segment, its mask block marked."""
   if input_prefix is not None:
     raise ValueError(f"Task {spec.name!r}: in-context demonstrations are not supported with a cloze pattern")
   if spec.flatten == "multirc":
@@ -243,6 +254,13 @@ def _text_example(
     inputs = codec.encode_input(prefix + template.fill(values))
   if target_template is not None:
     return _Example(inputs, soft_positions, [], _rendered_target(target_template, record, codec), -1, True)
+  return _labelled_example(record, spec, inputs, soft_positions, verbalized)
+
+
+def _labelled_example(
+    record: Record, spec: TaskSpec, inputs: list[int], soft_positions: list[int], verbalized: list[list[int]],
+) -> _Example:
+  """The encoded input with the record's class label and its verbalized target (none when unlabeled)."""
   raw = record.fields.get(spec.label_field)
   if raw is None or (isinstance(raw, numbers.Integral) and raw == -1):
     return _Example(inputs, soft_positions, [], [], -1, False)
@@ -274,6 +292,17 @@ def _check_pseudo_tokens_kept(soft_positions: list[int], kept: list[int], max_in
     )
 
 
+def _check_sentinel_kept(
+    inputs: list[int], kept: list[int], sentinel_id: int, codec: TextCodec, max_input_len: int, where: str
+) -> None:
+  """A DataError if truncation to `kept` would drop the sentinel that stands for a cloze pattern's mask."""
+  if len(kept) < len(inputs) and sentinel_id in inputs and inputs.index(sentinel_id) not in set(kept):
+    raise DataError(
+        f"{where}: the input is {len(inputs)} tokens; cutting it to max_input_len={max_input_len} would drop the"
+        f" mask's sentinel {codec.cloze_sentinels[0]}: raise max_input_len or skip_bad_examples"
+    )
+
+
 def _rendered_target(template: Template, record: Record, codec: TextCodec) -> list[int]:
   values = template.values(record.fields, record.where)
   if not any(value.strip() for value in values):
@@ -282,13 +311,17 @@ def _rendered_target(template: Template, record: Record, codec: TextCodec) -> li
 
 
 def label_targets(spec: TaskSpec, codec: TextCodec, max_target_len: int) -> tuple[np.ndarray, np.ndarray]:
-  """The tokenized verbalizer of every class, padded: (targets_CxT int32, target_mask_CxT bool)."""
+  """The tokenized label text of every class, padded: (targets_CxT int32, target_mask_CxT bool).
+
+  A class's text is its verbalizer entry; a cloze task's is its label word in the family's form
+  (cloze.label_texts).
+  """
   if spec.num_classes == 0:
     kind = "a token-labelling" if spec.token_label_names else "a generation"
     raise ValueError(f"Task {spec.name!r} is {kind} task: it has no classes to rank")
   targets_CxT = np.full((spec.num_classes, max_target_len), codec.pad_id, np.int32)
   target_mask_CxT = np.zeros((spec.num_classes, max_target_len), bool)
-  for c, text in enumerate(spec.verbalizer):
+  for c, text in enumerate(cloze.label_texts(spec, codec)):
     ids = codec.encode_label(text)
     # Cut verbalizers could tie two classes, so rank classification refuses them.
     if len(ids) > max_target_len:

@@ -229,3 +229,8 @@ def to_global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str
     array_sharding = NamedSharding(sharding.mesh, P(batch_axes, *[None] * (x.ndim - 1)))
     out[key] = jax.make_array_from_process_local_data(array_sharding, x)
   return out
+
+
+def unlabeled_keys(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """An unlabeled batch's inputs under the keys a step reads beside a labelled batch (PET's MLM)."""
+  return {f"unlabeled_{key}": batch[key] for key in ("inputs", "input_mask", "token_types")}
