@@ -70,6 +70,14 @@ class FeatureStats:
   words_without_tokens: int = 0  # token labelling: words the vocabulary encodes to nothing (their tag is lost)
   errors: list[str] = dataclasses.field(default_factory=list)  # the first few skip reasons
 
+  def skip(self, error: DataError, skip_bad_examples: bool) -> None:
+    """Counts a bad example, keeping its reason among the first few; raises it when not skipping."""
+    if not skip_bad_examples:
+      raise error
+    self.skipped += 1
+    if len(self.errors) < MAX_ERRORS_KEPT:
+      self.errors.append(str(error))
+
   def summary(self) -> str:
     """One line for the log."""
     line = (
@@ -166,11 +174,7 @@ def featurize(
       if sentinel:
         _check_sentinel_kept(example.inputs, kept, sentinel[0], codec, max_input_len, record.where)
     except DataError as e:
-      if not skip_bad_examples:
-        raise
-      stats.skipped += 1
-      if len(stats.errors) < MAX_ERRORS_KEPT:
-        stats.errors.append(str(e))
+      stats.skip(e, skip_bad_examples)
       continue
     group = int(record.fields["group"]) if spec.flatten == "multirc" else position
     stats.kept += 1
@@ -208,11 +212,7 @@ def _cloze_features(
       unlabeled = raw is None or (isinstance(raw, numbers.Integral) and raw == -1)
       label = -1 if unlabeled else label_index(raw, spec, record.where)
     except DataError as e:
-      if not skip_bad_examples:
-        raise
-      stats.skipped += 1
-      if len(stats.errors) < MAX_ERRORS_KEPT:
-        stats.errors.append(str(e))
+      stats.skip(e, skip_bad_examples)
       continue
     stats.kept += 1
     stats.unlabeled += unlabeled
