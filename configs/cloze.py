@@ -28,14 +28,23 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs.base import base_config, parse_args
+from configs.base import base_config, data_source, parse_args
 from configs.t5_prompt import task_data
 from jaxprompt.tasks.cloze_presets import LM_BFF_PRESETS, PET_PATTERNS
 
 _SUPERGLUE = ("boolq", "cb", "copa", "rte", "wic", "multirc")
 _LOCAL = ("sst2", *_SUPERGLUE)  # tasks ../shared/data has (its AG News file has no titles)
-_BEST_METRIC = {"cb": "f1_macro", "multirc": "f1a"}
+_BEST_METRIC = {"cb": "f1_macro", "multirc": "f1a", "stsb": "pearson"}
 _METRIC = {"cb": "f1_macro", "multirc": "multirc"}
+# LM-BFF's GLUE tasks in TFDS (train, eval split), and where TFDS's records differ from GLUE's tsv
+# files the presets read: MNLI's fields and class order, STS-B's score field.
+_GLUE = {"sst2": "validation", "cola": "validation", "mnli": "validation_matched", "qnli": "validation",
+         "rte": "validation", "mrpc": "validation", "qqp": "validation", "stsb": "validation"}
+_GLUE_TFDS_FIELDS = {
+    "mnli": dict(pattern_fields=("premise", "hypothesis"), label_field="label",
+                 label_names=("entailment", "neutral", "contradiction"), verbalizer=("Yes", "Maybe", "No")),
+    "stsb": dict(label_field="label"),
+}
 _TRAIN = {"all": "all", "bias": "bias$", "prompt": "none"}  # train= -> config.model.trainable
 
 
@@ -49,6 +58,15 @@ def _preset(recipe: str, task: str, pattern: int):
       raise ValueError(f"recipe=lm_bff has no task={task!r}; it has {sorted(LM_BFF_PRESETS)}")
     return LM_BFF_PRESETS[task]
   raise ValueError(f"recipe={recipe!r} is not one of ('pet', 'lm_bff')")
+
+
+def _lm_bff_tfds(task: str):
+  """TFDS's GLUE for LM-BFF's GLUE tasks; the others (SST-5, MR, CR, MPQA, Subj, TREC, SNLI) have
+  no TFDS GLUE builder: give their files (--config.data.train.kind=tsv --config.data.train.files=...)."""
+  if task not in _GLUE:
+    return data_source("tsv"), data_source("tsv")
+  name = f"glue/{task}"
+  return data_source("tfds", tfds_name=name, split="train"), data_source("tfds", tfds_name=name, split=_GLUE[task])
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -67,11 +85,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.dropout_rate = 0.0 if albert else 0.1  # the checkpoints' own (ALBERT v2 has none)
   config.model.trainable = _TRAIN[args["train"]]
 
-  config.task = ml_collections.ConfigDict(vars(preset.task_spec(task, _METRIC.get(task, "accuracy"))))
+  config.task = ml_collections.ConfigDict(vars(preset.task_spec(task, _METRIC.get(task))))
   config.best_metric = "eval/" + _BEST_METRIC.get(task, "accuracy")
   if args["data"] == "local" and task not in _LOCAL:
     raise ValueError(f"data=local: ../shared/data has no {task}; it has {_LOCAL}")
-  config.data.train, config.data.eval = task_data(task, args["data"])
+  if recipe == "lm_bff" and args["data"] == "tfds":
+    config.data.train, config.data.eval = _lm_bff_tfds(task)
+    config.task.update(_GLUE_TFDS_FIELDS.get(task, {}))
+  else:
+    config.data.train, config.data.eval = task_data(task, args["data"])
   config.data.max_input_len = preset.max_len  # PET's 256; LM-BFF's 128 (256 for its NLI tasks)
   config.data.bucket_lengths = tuple(n for n in (64, 128, 256) if n < preset.max_len) + (preset.max_len,)
   config.data.max_target_len = 1  # the label words are scored at the mask, not generated

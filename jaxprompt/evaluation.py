@@ -70,7 +70,7 @@ def evaluate_task(
   for local in batches:
     batch = pipeline.to_global(local, exp.batch_sharding)
     out = eval_step(prompt_params, frozen, batch, label_targets, label_mask)
-    out.update({k: batch[k] for k in ("targets", "label", "group", "example_mask")})
+    out.update({k: batch[k] for k in ("targets", "label", "group", "example_mask", "score")})
     if "token_logits" in out:
       out["token_labels"] = batch["token_labels"]
     for name, value in out.items():
@@ -80,6 +80,8 @@ def evaluate_task(
   if "token_logits" in columns:
     return _tagging_metrics(columns, keep, task)
   cols = {name: np.concatenate(parts)[keep] for name, parts in columns.items()}
+  if task.bounds:
+    return _regression_metrics(cols, task, float(keep.sum()))
   if "class_logits" in cols:
     logp = _log_softmax(cols["class_logits"])
     labelled = cols["label"] >= 0
@@ -93,6 +95,21 @@ def evaluate_task(
   if predictions is not None:
     metrics.update(metrics_lib.task_metrics(task.metric, predictions, cols["label"], cols["group"]))
   metrics["examples"] = float(keep.sum())
+  return metrics
+
+
+def _regression_metrics(cols: dict[str, np.ndarray], task: task_spec.TaskSpec, examples: float) -> dict[str, float]:
+  """A regression's prediction interpolates its poles by the high pole's probability (LM-BFF):
+  Pearson and Spearman against the gold scores, and the KL loss per scored example."""
+  low, high = task.bounds
+  p_high = np.exp(_log_softmax(cols["class_logits"]))[:, 1]
+  scored = np.isfinite(cols["score"])
+  metrics = metrics_lib.regression_metrics(low + (high - low) * p_high, cols["score"])
+  target = np.clip((cols["score"][scored] - low) / (high - low), 0.0, 1.0)
+  logp = _log_softmax(cols["class_logits"][scored])
+  xlogx = lambda x: np.where(x > 0, x * np.log(np.where(x > 0, x, 1.0)), 0.0)
+  metrics["loss"] = float(np.mean(xlogx(target) + xlogx(1 - target) - target * logp[:, 1] - (1 - target) * logp[:, 0]))
+  metrics["examples"] = examples
   return metrics
 
 

@@ -121,7 +121,7 @@ def abstract_batch(config: ml_collections.ConfigDict, sharding: NamedSharding) -
       "soft_positions": ((b, length), jnp.int32), "task_id": ((b,), jnp.int32),
       "token_labels": ((b, length), jnp.int32), "token_types": ((b, length), jnp.int32),
       "mask_positions": ((b, 1), jnp.int32), "candidates": ((b, 1, 1), jnp.int32),
-      "candidate_mask": ((b, 1, 1), jnp.bool_),
+      "candidate_mask": ((b, 1, 1), jnp.bool_), "score": ((b,), jnp.float32),
   }
   if config.cloze.mlm_alpha:  # PET's unlabeled batch beside each labelled one
     u = config.data.unlabeled_batch_size or b

@@ -203,3 +203,30 @@ def test_the_auxiliary_mlm_loss_needs_weights_that_train():
   config = _config("none", **{"prompt.method": "prompt_tuning", "cloze.mlm_alpha": 1e-4})
   with pytest.raises(ValueError, match="mlm_alpha trains the MLM on unlabeled text: it needs backbone weights"):
     experiment.build(config).objective_labels
+
+
+def test_a_regression_fine_tunes_on_scores_and_reports_correlations(tmp_path):
+  """LM-BFF's STS-B preset: two pole words interpolated, KL to the scaled score, Pearson and Spearman."""
+  rng = np.random.default_rng(0)
+  words = ["a man plays", "the cat sleeps", "kids run fast", "rain falls", "a woman sings", "dogs bark loudly"]
+  rows = ["sentence1\tsentence2\tscore"] + [
+      f"{words[i % 6]} .\t{words[(i * 5) % 6]} today .\t{rng.uniform(0, 5):.2f}" for i in range(48)]
+  (tmp_path / "stsb.tsv").write_text("\n".join(rows) + "\n")
+  from configs import cloze  # noqa: PLC0415
+
+  config = cloze.get_config("recipe=lm_bff,task=stsb")
+  config.data.train.kind = config.data.eval.kind = "tsv"
+  config.data.train.files = config.data.eval.files = (str(tmp_path / "stsb.tsv"),)
+  config.data.train.tfds_name = config.data.eval.tfds_name = config.data.train.split = config.data.eval.split = ""
+  config.task.label_field = "score"  # GLUE's tsv column (TFDS calls it label)
+  small = CLOZE_CASES["prompt_tuning-bert-cloze"]()
+  config.model, config.mesh = small.model, small.mesh
+  config.model.trainable = "all"
+  for key in ("batch_size", "eval_batch_size", "data.max_input_len", "data.bucket_lengths"):
+    section, _, leaf = key.rpartition(".")
+    (config[section] if section else config)[leaf] = (small[section] if section else small)[leaf]
+  config.num_steps, config.eval_every, config.checkpoint_every, config.log_every = 4, 4, 4, 1
+  config.best_metric, config.optimizer.learning_rate = "eval/pearson", 1e-3
+  result = train_and_evaluate(config, str(tmp_path / "run"))["eval"]
+  assert {"eval/pearson", "eval/spearman", "eval/loss"} <= set(result) and result["eval/examples"] == 48
+  assert -1.0 <= result["eval/pearson"] <= 1.0 and np.isfinite(result["eval/loss"])

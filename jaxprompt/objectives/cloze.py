@@ -28,6 +28,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.scipy.special import xlogy
 
 from jaxprompt.models.prompt import repeat_examples, token_slots
 from jaxprompt.objectives import mlm as mlm_lib
@@ -54,6 +55,7 @@ class ClozeLabels:
   decoding: str  # how choices of several tokens are decoded at inference (multi_mask.ORDERS)
   pad_id: int
   mlm: AuxiliaryMLM | None = None
+  bounds: tuple[float, float] | None = None  # a regression: its two classes' words are the poles
 
   @property
   def several_masks(self) -> bool:
@@ -85,7 +87,9 @@ def labels(tasks, backbone, config) -> ClozeLabels:
     tokens, tokenizer = backbone.codec.cloze, backbone.tokenizer
     specials = {*tokens.start_ids, *tokens.middle_ids, *tokens.end_ids, tokens.mask_id, backbone.codec.pad_id}
     mlm = AuxiliaryMLM(config.cloze.mlm_alpha, tokens.mask_id, tuple(sorted(specials)), tokenizer.vocab_size)
-  return ClozeLabels(words, config.cloze.decoding, backbone.codec.pad_id, mlm)
+  if spec.bounds and words.num_masks > 1:
+    raise ValueError(f"Task {spec.name!r}: a regression's two label words must be one token each")
+  return ClozeLabels(words, config.cloze.decoding, backbone.codec.pad_id, mlm, spec.bounds or None)
 
 
 def label_targets(spec, codec, max_target_len):
@@ -143,7 +147,10 @@ def loss_sum(
   if not labels.several_masks:
     token_ids = jnp.asarray(labels.words.ids_CxWxK[:, :, 0].reshape(-1))
     scores_BxC = _one_mask_scores(_mask_logits(model, frozen, prompt, rngs, token_ids), batch, labels.words)
-    total, count = class_cross_entropy(scores_BxC, batch["label"], labelled_B)
+    if labels.bounds:
+      total, count = _regression_kl(scores_BxC, batch, labels.bounds)
+    else:
+      total, count = class_cross_entropy(scores_BxC, batch["label"], labelled_B)
   else:
     candidates, candidate_mask = _choices(batch, labels)
     scores_BxC = multi_mask.choice_log_probs_one_pass(
@@ -153,6 +160,19 @@ def loss_sum(
     return total, count
   mlm_sum, mlm_count = _auxiliary_mlm(model, frozen, batch, rngs, masking_rng, labels.mlm)
   return mlm_lib.combine_with_mlm(total, count, mlm_sum, mlm_count, labels.mlm.alpha)
+
+
+def _regression_kl(scores_Bx2: jax.Array, batch: Batch, bounds: tuple[float, float]) -> tuple[jax.Array, jax.Array]:
+  """(summed, count) KL(target || softmax over the two poles' logits) with target [1 - s, s], s the
+  gold score scaled into [0, 1] (LM-BFF's regression, with the target as probabilities: LM-BFF
+  passes them as log-probabilities, LM-BFF#45)."""
+  scored_B = jnp.isfinite(batch["score"]) & batch["example_mask"]
+  low, high = bounds
+  high_B = jnp.where(scored_B, (batch["score"] - low) / (high - low), 0.5)
+  target_Bx2 = jnp.stack([1.0 - high_B, high_B], axis=-1)
+  logp_Bx2 = jax.nn.log_softmax(scores_Bx2.astype(jnp.float32), axis=-1)
+  kl_B = jnp.sum(xlogy(target_Bx2, target_Bx2) - target_Bx2 * logp_Bx2, axis=-1)
+  return jnp.sum(jnp.where(scored_B, kl_B, 0.0)), jnp.sum(scored_B).astype(jnp.float32)
 
 
 def _auxiliary_mlm(model: nn.Module, frozen: Any, batch: Batch, rngs, rng: jax.Array,

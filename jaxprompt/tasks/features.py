@@ -48,6 +48,7 @@ class Feature:
   token_types: list[int] = dataclasses.field(default_factory=list)
   mask_positions: list[int] = dataclasses.field(default_factory=list)
   candidates: list[list[int]] = dataclasses.field(default_factory=list)
+  score: float = float("nan")  # a regression's gold score (its label is -1); NaN when unscored
 
   def __post_init__(self):
     for key in ("soft_positions", "token_labels", "token_types"):
@@ -209,8 +210,9 @@ def _cloze_features(
     try:
       example = cloze.encode_example(record, spec, codec.cloze, num_masks, max_input_len)
       raw = record.fields.get(spec.label_field)
-      unlabeled = raw is None or (isinstance(raw, numbers.Integral) and raw == -1)
-      label = -1 if unlabeled else label_index(raw, spec, record.where)
+      unlabeled = raw is None or (raw == "" if spec.bounds else isinstance(raw, numbers.Integral) and raw == -1)
+      score = float("nan") if unlabeled or not spec.bounds else _score(raw, spec, record.where)
+      label = -1 if unlabeled or spec.bounds else label_index(raw, spec, record.where)
     except DataError as e:
       stats.skip(e, skip_bad_examples)
       continue
@@ -220,8 +222,20 @@ def _cloze_features(
     stats.longest_input = max(stats.longest_input, len(example.ids))
     group = int(record.fields["group"]) if spec.flatten == "multirc" else position
     features.append(Feature(example.ids, [], label, group, token_types=example.token_types,
-                            mask_positions=example.mask_positions, candidates=example.candidates))
+                            mask_positions=example.mask_positions, candidates=example.candidates, score=score))
   return features, stats
+
+
+def _score(raw: Any, spec: TaskSpec, where: str) -> float:
+  """A regression's gold score, which must lie within the task's bounds."""
+  try:
+    score = float(raw)
+  except (TypeError, ValueError):
+    raise DataError(f"{where}: the score {raw!r} of regression task {spec.name!r} is not a number") from None
+  low, high = spec.bounds
+  if not low <= score <= high:
+    raise DataError(f"{where}: the score {score} of regression task {spec.name!r} is outside its bounds {spec.bounds}")
+  return score
 
 
 class _Example(NamedTuple):

@@ -1,5 +1,6 @@
 """Task metrics on class predictions: accuracy, macro-F1 (CB), F1a and exact match (MultiRC);
-entity-level span F1 and token accuracy on per-token tag predictions (NER)."""
+entity-level span F1 and token accuracy on per-token tag predictions (NER); Pearson and Spearman
+correlations of predicted scores (regression, STS-B)."""
 
 from __future__ import annotations
 
@@ -111,3 +112,30 @@ def bio_spans(tags: Sequence[str]) -> list[tuple[str, int, int]]:
       begin = i
     previous, previous_type = prefix, entity_type
   return spans
+
+
+def regression_metrics(predictions: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+  """Pearson and Spearman correlations over the examples with a score (NaN: none)."""
+  predictions, scores = np.asarray(predictions, np.float64).reshape(-1), np.asarray(scores, np.float64).reshape(-1)
+  keep = np.isfinite(scores)
+  if keep.sum() < 2:
+    raise ValueError(f"{int(keep.sum())} scored examples: a correlation needs at least two")
+  predictions, scores = predictions[keep], scores[keep]
+  return {"pearson": _pearson(predictions, scores), "spearman": _pearson(_ranks(predictions), _ranks(scores))}
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+  a, b = a - a.mean(), b - b.mean()
+  denominator = np.sqrt((a * a).sum() * (b * b).sum())
+  return float((a * b).sum() / denominator) if denominator else 0.0
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+  """Ranks with ties sharing their mean rank (what Spearman's correlation ranks by)."""
+  order = np.argsort(x, kind="stable")
+  ranks = np.empty(len(x))
+  ranks[order] = np.arange(len(x), dtype=np.float64)
+  _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+  sums = np.zeros(len(counts))
+  np.add.at(sums, inverse, ranks)
+  return (sums / counts)[inverse]

@@ -13,7 +13,8 @@ soft_positions int32 [B, L] (i where pseudo token [Pi] sits, else -1), task_id i
 padding rows), token_labels int32 [B, L] (a word's tag index at its first sub-token, -1 where
 ignored), token_types int32 [B, L] (BERT's segment ids), mask_positions int32 [B, K] (a cloze
 input's mask block, -1 past an example's own masks), candidates int32 [B, C, K] and candidate_mask
-bool [B, C, K] (each example's choices, left-aligned in the mask block). K and C are the most any
+bool [B, C, K] (each example's choices, left-aligned in the mask block), score float32 [B] (a
+regression's gold score, NaN where none). K and C are the most any
 feature has (at least 1), fixed per feature set. Every batch has every key, whatever its task, so
 that all batches share one structure; the [B, L] keys are aligned with inputs, on whichever side
 inputs are padded.
@@ -73,6 +74,7 @@ class _Batcher:
         "mask_positions": np.full((len(ids_B), self.num_masks), -1, np.int32),
         "candidates": np.zeros((len(ids_B), self.num_candidates, self.num_masks), np.int32),
         "candidate_mask": np.zeros((len(ids_B), self.num_candidates, self.num_masks), bool),
+        "score": np.full(len(ids_B), np.nan, np.float32),
     }
     for row, i in enumerate(ids_B):
       if i >= 0:
@@ -84,6 +86,7 @@ class _Batcher:
         batch["target_mask"][row, : len(feature.targets)] = True
         batch["label"][row] = feature.label
         batch["group"][row] = feature.group
+        batch["score"][row] = feature.score
         batch["task_id"][row] = feature.task_id
         if feature.soft_positions:
           batch["soft_positions"][row, columns] = feature.soft_positions

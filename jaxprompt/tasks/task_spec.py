@@ -13,7 +13,7 @@ from typing import Any
 
 from jaxprompt.tasks.templates import Template
 
-METRICS = ("accuracy", "f1_macro", "multirc", "span_f1")
+METRICS = ("accuracy", "f1_macro", "multirc", "span_f1", "pearson")
 FLATTENS = ("multirc",)
 SOURCE_KINDS = ("tfds", "jsonl", "tsv", "csv", "conll")
 _DELIMITED = ("tsv", "csv")
@@ -39,7 +39,9 @@ class TaskSpec:
   other_sent_limit). Each class's verbalizer entry may then be several label words (a tuple:
   their logits are averaged). With `candidates` (slot expressions, e.g. "choice1|lower_first"),
   each example's choices fill the mask block instead (COPA): the label is the choice's index.
-  `prepare` names a record transform applied first ("wsc_pronoun").
+  `prepare` names a record transform applied first ("wsc_pronoun"). With `bounds` (low, high) the
+  task is a regression (LM-BFF's STS-B): the label field is a score, and the two classes' label
+  words are its poles, interpolated.
   """
 
   name: str
@@ -56,6 +58,7 @@ class TaskSpec:
   sentence_limits: tuple[int, ...] = ()
   candidates: tuple[str, ...] = ()
   prepare: str = ""
+  bounds: tuple[float, ...] = ()
 
   def __post_init__(self):
     for key in ("label_names", "token_label_names", "pattern_fields", "candidates"):
@@ -92,8 +95,9 @@ class TaskSpec:
       value = getattr(self, key)
       if len(set(value)) != len(value) or not all(v.strip() for v in value):
         raise ValueError(f"Task {self.name!r}: {key} must be distinct and non-blank, got {value}")
-    if self.metric not in METRICS:
-      raise ValueError(f"Task {self.name!r}: unknown metric {self.metric!r}; expected one of {METRICS}")
+    if self.metric not in METRICS or self.metric == "pearson":
+      raise ValueError(f"Task {self.name!r}: unknown metric {self.metric!r}; expected one of {METRICS[:3]}"
+                       " ('pearson' is a cloze regression's)")
     if self.flatten is not None and self.flatten not in FLATTENS:
       raise ValueError(f"Task {self.name!r}: unknown flatten {self.flatten!r}; expected None or one of {FLATTENS}")
 
@@ -127,8 +131,16 @@ class TaskSpec:
       raise ValueError(f"Task {self.name!r}: label_names must be distinct, got {self.label_names}")
     if self.metric not in METRICS or self.metric == "span_f1":
       raise ValueError(f"Task {self.name!r}: metric {self.metric!r} does not apply to a cloze task")
+    if (self.metric == "pearson") != bool(self.bounds):
+      raise ValueError(f"Task {self.name!r}: a regression (bounds) reports the metric 'pearson', a classification"
+                       f" does not; got metric {self.metric!r} with bounds {self.bounds}")
     if self.flatten is not None and self.flatten not in FLATTENS:
       raise ValueError(f"Task {self.name!r}: unknown flatten {self.flatten!r}; expected None or one of {FLATTENS}")
+    object.__setattr__(self, "bounds", tuple(float(b) for b in self.bounds))
+    if self.bounds and (len(self.bounds) != 2 or not self.bounds[0] < self.bounds[1] or len(self.verbalizer) != 2
+                        or self.candidates):
+      raise ValueError(f"Task {self.name!r}: a regression has bounds (low, high) with low < high and two label words"
+                       f" (its poles), got bounds {self.bounds} and verbalizer {self.verbalizer}")
     if self.prepare and self.prepare not in cloze.PREPARES:
       raise ValueError(f"Task {self.name!r}: unknown prepare {self.prepare!r}; expected one of {sorted(cloze.PREPARES)}")
 

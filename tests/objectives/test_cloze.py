@@ -211,3 +211,23 @@ def test_verbalizer_loss_gradient_wrt_the_backbone_weights_matches_transformers(
   for name, (ours, theirs) in pairs.items():
     np.testing.assert_allclose(np.asarray(ours), theirs.numpy(), atol=2e-5, rtol=1e-4, err_msg=name)
     assert np.abs(theirs.numpy()).max() > 1e-5, name
+
+
+def test_regression_kl_against_a_probability_target_matches_transformers(tmp_path):
+  """LM-BFF's STS-B: the two poles' logits, KL to [1 - s, s] with s the scaled score — as probabilities
+  (LM-BFF's code passes them as log-probabilities, LM-BFF#45)."""
+  hf, module, frozen = _load("roberta", tmp_path)
+  batch = _batch("roberta", num_masks=1)
+  batch["score"] = np.array([0.0, 3.5, 5.0, np.nan], np.float32)  # bounds (0, 5); the last is padding
+  words = LabelWords(np.array([[[7]], [[9]]], np.int32), np.ones((2, 1, 1), bool))
+  labels = cloze.ClozeLabels(words, "max_first", 1, bounds=(0.0, 5.0))
+  method, params = _prompt_method(module.config.hidden_size)
+  loss, grads = _our_loss_and_grad(module, frozen, method, params, batch, labels)
+
+  prompt = torch.tensor(np.asarray(params["embeddings"]), requires_grad=True)
+  logp = torch.log_softmax(_torch_mask_logits(hf, prompt, batch)[:3, 0][:, [7, 9]], dim=-1)
+  s = torch.tensor(batch["score"][:3] / 5.0)
+  expected = torch.nn.functional.kl_div(logp, torch.stack([1 - s, s], dim=-1), reduction="sum") / 3
+  expected.backward()
+  assert abs(float(loss) - expected.item()) < 1e-5 and expected.item() > 0.01
+  np.testing.assert_allclose(grads["embeddings"], prompt.grad.numpy(), atol=1e-5, rtol=1e-4)

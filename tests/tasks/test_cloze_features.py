@@ -117,3 +117,17 @@ def test_minilm_tokenizer_has_what_patterns_need():
 
   tokenizer = load_hf_tokenizer(minilm_dir())
   assert tokenizer.mask_id == 103 and tokenizer.cls_id == 101 and tokenizer.sep_id == 102
+
+
+def test_a_regression_reads_scores_within_its_bounds(tmp_path, mlm_codec):
+  spec = LM_BFF_PRESETS["stsb"].task_spec("stsb")
+  assert spec.bounds == (0.0, 5.0) and spec.metric == "pearson"
+  path = tmp_path / "stsb.tsv"
+  path.write_text("sentence1\tsentence2\tscore\nA man plays.\tA man sings.\t3.2\nA cat.\tA dog.\t\n")
+  records = readers.read_records(DataSource("tsv", (str(path),)))
+  feats, stats = featurize(records, spec, mlm_codec, 64, 1)
+  assert [f.score for f in feats[:1]] == [pytest.approx(3.2)] and np.isnan(feats[1].score)
+  assert all(f.label == -1 for f in feats) and stats.unlabeled == 1
+  path.write_text("sentence1\tsentence2\tscore\nA man plays.\tA man sings.\t7.5\n")
+  with pytest.raises(DataError, match=r"stsb.tsv:2: the score 7.5 of regression task 'stsb' is outside its bounds"):
+    featurize(readers.read_records(DataSource("tsv", (str(path),))), spec, mlm_codec, 64, 1)

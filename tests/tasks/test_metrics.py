@@ -119,3 +119,19 @@ def test_tagging_metric_errors():
     bio_spans(["E-PER"])
   with pytest.raises(ValueError, match="use tagging_metrics"):
     task_metrics("span_f1", np.array([0]), np.array([0]), np.array([0]))
+
+
+def test_regression_metrics_are_pearson_and_spearman_over_scored_examples():
+  import scipy.stats  # noqa: PLC0415 - the reference (sentence-transformers brings scipy)
+
+  from jaxprompt.tasks.metrics import regression_metrics  # noqa: PLC0415
+
+  rng = np.random.default_rng(0)
+  scores = rng.uniform(0, 5, 50).round(1)  # ties, as STS-B's scores have
+  predictions = scores + rng.normal(0, 1.5, 50)
+  with_unscored = np.concatenate([scores, [np.nan, np.nan]])
+  got = regression_metrics(np.concatenate([predictions, [9.0, -9.0]]), with_unscored)
+  assert got["pearson"] == pytest.approx(scipy.stats.pearsonr(predictions, scores)[0], abs=1e-9)
+  assert got["spearman"] == pytest.approx(scipy.stats.spearmanr(predictions, scores)[0], abs=1e-9)
+  with pytest.raises(ValueError, match="at least two"):
+    regression_metrics(np.array([1.0, 2.0]), np.array([np.nan, 3.0]))
