@@ -154,9 +154,9 @@ class Experiment:
     """The whole backbone a step or an evaluation runs: the frozen rest and the trained weights."""
     return trainable.merge(self.frozen, trained)
 
-  @functools.cached_property
+  @property
   def objective_labels(self) -> Any:
-    """What the objective's steps score for this run's tasks (label words, ...), built once."""
+    """What the objective's steps score for this run's tasks (label words, ...): a few tokenized words."""
     return self.backbone.objective(self.method).labels(self.tasks, self.backbone, self.config)
 
   @property

@@ -74,3 +74,48 @@ def test_k_shot_prompts_are_built_and_deterministic(smollm):
   with sharding.activate(exp.mesh, exp.rules):
     metrics = evaluate(exp.eval_step(), {}, exp.frozen, {"": feats[:8]}, exp)
   assert metrics["eval/examples"] == 8 and 0 <= metrics["eval/accuracy"] <= 1
+
+
+def _copa_config(**changes):
+  """PET's COPA pattern 1 on the real SmolLM2: the choices continue '... because' / '..., so'."""
+  from configs import cloze  # noqa: PLC0415
+
+  config = cloze.get_config("recipe=pet,task=copa,pattern=1,train=prompt,data=local")
+  config.model.family, config.model.checkpoint = "llama", str(smollm2_gguf())
+  config.model.tokenizer, config.model.dropout_rate = "", 0.0
+  config.data.train.files = (str(SHARED_DATA / "superglue" / "COPA" / "train32.jsonl"),)
+  config.data.eval.files = (str(SHARED_DATA / "superglue" / "COPA" / "val.jsonl"),)
+  config.data.max_target_len, config.max_decode_len = 16, 1
+  return apply_overrides(config, **{"data.max_eval_examples": 8, "batch_size": 8, "eval_batch_size": 8,
+                                    "mesh.data": 1, "data.max_input_len": 64, "data.bucket_lengths": (64,),
+                                    "prompt.length": 4, **changes})
+
+
+def test_copa_choices_continuing_the_pattern_are_scored_as_each_alone_and_train_by_pets_hinge():
+  from jaxprompt.objectives import multi_mask  # noqa: PLC0415
+  from jaxprompt.tasks import pipeline  # noqa: PLC0415
+
+  config = _copa_config()
+  exp = experiment.build(config, mesh=sharding.make_mesh({"data": 1}, devices=jax.devices()[:1]))
+  feats = experiment.eval_features(exp)[""][:8]
+  tokenizer = exp.backbone.tokenizer
+  assert all(len(f.candidates) == 2 and f.targets == f.candidates[f.label][: len(f.targets)] for f in feats)
+  assert all(tokenizer.decode(f.inputs).rstrip().endswith(("because", ", so")) for f in feats)
+  model = Llama(exp.backbone.config)
+  forward = jax.jit(lambda p, ids: model.apply(p, ids, ids >= 0, method=Llama.forward_logits))
+
+  def alone(f, choice):  # the choice's log-prob continuing the input, the sequence unpadded
+    ids = np.array([f.inputs + choice], np.int32)
+    logp = jax.nn.log_softmax(np.asarray(forward(exp.frozen, ids))[0].astype(np.float64), axis=-1)
+    return sum(float(logp[len(f.inputs) - 1 + j, t]) for j, t in enumerate(choice))
+
+  expected = np.array([[alone(f, c) for c in f.candidates] for f in feats])
+  args = (config.data.max_input_len, config.data.max_target_len, (64,), 0, 1, True)
+  batch = next(pipeline.eval_batches(feats, 8, *args))
+  scores = np.asarray(jax.jit(exp.backbone.eval_step(None, exp.objective_labels, 1))({}, exp.frozen, batch, None,
+                                                                                        None)["label_scores"])
+  np.testing.assert_allclose(scores, expected, atol=2e-3, rtol=1e-4)
+  total, count = jax.jit(exp.backbone.loss_sum(None, exp.objective_labels))({}, exp.frozen, batch, jax.random.key(0))
+  hinge, n = multi_mask.hinge_loss(jnp.asarray(expected, jnp.float32), batch["label"], batch["example_mask"],
+                                   np.ones((8, 2), bool))
+  assert float(count) == float(n) == 8 and float(total) == pytest.approx(float(hinge), rel=1e-3, abs=1e-3)

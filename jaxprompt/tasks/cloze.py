@@ -117,13 +117,20 @@ def check_text_family(spec, codec: TextCodec) -> None:
         f"Task {spec.name!r} has a cloze pattern, which needs a masked LM's tokenizer (family bert, albert), T5's"
         " sentinels (TextCodec.cloze_sentinels) or a decoder's codec (one whose truncation keeps the input's end)"
     )
-  if spec.candidates:
-    raise ValueError(f"Task {spec.name!r}: candidates are scored on masked LMs only for now (family bert, albert)")
+  if spec.candidates and codec.cloze_sentinels:
+    raise ValueError(f"Task {spec.name!r}: candidates are scored on masked LMs and decoders, not yet on T5")
   if not codec.cloze_sentinels and (slot := _slot_after_mask(pattern_of(spec))) is not None:
     raise ValueError(
         f"Task {spec.name!r}: the pattern {spec.pattern!r} has {slot} after its mask, but a decoder cannot read"
         " text after its answer: only fixed text (which is dropped) may follow the mask"
     )
+
+
+def candidate_texts(record: Record, spec, codec: TextCodec) -> list[str]:
+  """A decoder's per-example choices, each continuing the pattern as a label word does."""
+  if spec.prepare:
+    record = PREPARES[spec.prepare](record)
+  return [codec.word_prefix + slot.text(record.fields, record.where) for slot in candidate_slots(spec)]
 
 
 def label_texts(spec, codec: TextCodec) -> tuple[str, ...]:

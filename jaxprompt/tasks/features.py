@@ -155,7 +155,7 @@ def featurize(
     records = flatten_multirc(records)
   template = None if spec.pattern else Template(spec.template)
   target_template = Template(spec.target_template) if spec.target_template is not None else None
-  verbalized = [codec.encode_label(text) for text in cloze.label_texts(spec, codec)]
+  verbalized = [] if spec.candidates else [codec.encode_label(text) for text in cloze.label_texts(spec, codec)]
   # T5's cut keeps the input's start: a long cloze input could lose its sentinel, the mask itself.
   sentinel = codec.encode_words(codec.cloze_sentinels[0]) if spec.pattern and codec.cloze_sentinels else []
   stats = FeatureStats(records=len(records))
@@ -166,7 +166,9 @@ def featurize(
         example = _tagged_example(record, spec, template, codec)
       elif spec.pattern:
         inputs = codec.encode_input(cloze.text_input(record, spec, codec))
-        example = _labelled_example(record, spec, inputs, [], verbalized)
+        # Each example's own choices (COPA) are its "verbalizer": the gold one is its target.
+        choices = [codec.encode_label(text) for text in cloze.candidate_texts(record, spec, codec)]
+        example = _labelled_example(record, spec, inputs, [], choices or verbalized)._replace(candidates=tuple(choices))
       else:
         prefix = input_prefix(position) if input_prefix else ""
         example = _text_example(record, spec, template, target_template, verbalized, codec, prefix)
@@ -190,7 +192,7 @@ def featurize(
     stats.truncated_targets += cut_targets
     features.append(Feature(
         take(example.inputs), targets, example.label, group, soft_positions=take(example.soft_positions),
-        token_labels=take(example.token_labels),
+        token_labels=take(example.token_labels), candidates=list(example.candidates),
     ))
   return features, stats
 
@@ -248,6 +250,7 @@ class _Example(NamedTuple):
   label: int
   labelled: bool  # False: counted as unlabeled
   words_without_tokens: int = 0
+  candidates: tuple[list[int], ...] = ()  # a cloze task's per-example choices on a decoder
 
 
 def _text_example(

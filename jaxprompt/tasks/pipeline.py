@@ -218,7 +218,9 @@ def _make_batcher(
       )
   local = global_batch_size // process_count
   rows = slice(process_index * local, (process_index + 1) * local)
-  num_masks = max(1, max(len(f.mask_positions) for f in features))
+  # K holds a masked LM's mask block, and a decoder's longest choice (which has no mask positions).
+  num_masks = max(1, max(len(f.mask_positions) for f in features), max((len(c) for f in features for c in f.candidates),
+                                                                      default=0))
   num_candidates = max(1, max(len(f.candidates) for f in features))
   return _Batcher(features, input_lens, buckets, max_target_len, rows, pad_inputs_left, num_masks, num_candidates)
 

@@ -16,7 +16,7 @@ KEYS = {
     "inputs": np.int32, "input_mask": np.bool_, "targets": np.int32, "target_mask": np.bool_,
     "label": np.int32, "group": np.int32, "example_mask": np.bool_,
     "soft_positions": np.int32, "task_id": np.int32, "token_labels": np.int32, "token_types": np.int32,
-    "mask_positions": np.int32, "candidates": np.int32, "candidate_mask": np.bool_,
+    "mask_positions": np.int32, "candidates": np.int32, "candidate_mask": np.bool_, "score": np.float32,
 }
 
 
