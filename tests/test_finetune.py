@@ -230,3 +230,21 @@ def test_a_regression_fine_tunes_on_scores_and_reports_correlations(tmp_path):
   result = train_and_evaluate(config, str(tmp_path / "run"))["eval"]
   assert {"eval/pearson", "eval/spearman", "eval/loss"} <= set(result) and result["eval/examples"] == 48
   assert -1.0 <= result["eval/pearson"] <= 1.0 and np.isfinite(result["eval/loss"])
+
+
+def test_a_prompt_method_trains_alongside_the_chosen_weights():
+  """P-tuning v1 tuned both: here a soft prompt and the biases, in one state and one optimizer."""
+  config = _config("bias$", **{"prompt.method": "prompt_tuning", "optimizer.learning_rate": 1e-2})
+  config.num_steps = 2
+  exp = experiment.build(config)
+  params = exp.init_params(jax.random.key(0))
+  before = _host(params)
+  state = exp.init_state(params)
+  feats = experiment.train_features(exp)[:8]
+  batch = next(pipeline.eval_batches(feats, 8, config.data.max_input_len, config.data.max_target_len,
+                                     tuple(config.data.bucket_lengths)))
+  pretrained_bias = _host(state.backbone["mlm_head/bias"])
+  with sharding.activate(exp.mesh, exp.rules):
+    state, _ = exp.train_step()(state, exp.frozen, pipeline.to_global(batch, exp.batch_sharding), jax.random.key(1))
+  assert not np.array_equal(_host(state.params)["embeddings"], before["embeddings"])
+  assert not np.array_equal(_host(state.backbone["mlm_head/bias"]), pretrained_bias)
