@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from jaxprompt.models.prompt import repeat_examples
 from jaxprompt.models.t5 import T5, shift_right
 from jaxprompt.models.t5_decoding import greedy_decode_encoded
+from jaxprompt.objectives import multi_mask
 from jaxprompt.steps import Batch, token_log_likelihood
 from jaxprompt.tasks import features as features_lib
 
@@ -27,15 +28,35 @@ def _prompt(method: nn.Module | None, prompt_params: Any, batch: Batch):
 
 
 def loss_sum(
-    prompt_params: Any, frozen: Any, batch: Batch, rng: jax.Array, *, model: T5, method: nn.Module
+    prompt_params: Any, frozen: Any, batch: Batch, rng: jax.Array, *, model: T5, method: nn.Module,
+    choices: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
-  """(summed target-token cross-entropy, number of target tokens); differentiate w.r.t. the first."""
+  """(summed target-token cross-entropy, number of target tokens); differentiate w.r.t. the first.
+  With choices (a cloze task's per-example candidates), PET's hinge between their log-probs."""
   prompt = _prompt(method, prompt_params, batch)
   rngs = None if model.deterministic else {"dropout": rng}
+  if choices:
+    scores_BxC, valid_BxC = _choice_scores(model, frozen, batch, prompt, rngs)
+    labelled = (batch["label"] >= 0) & batch["example_mask"]
+    return multi_mask.hinge_loss(scores_BxC, batch["label"], labelled, valid_BxC)
   decoder_inputs = shift_right(batch["targets"], model.config.decoder_start_token_id)
   logits = model.apply(frozen, batch["inputs"], batch["input_mask"], decoder_inputs, None, prompt, rngs=rngs)
   mask = batch["target_mask"] * batch["example_mask"][:, None]
   return -jnp.sum(token_log_likelihood(logits, batch["targets"], mask)), jnp.sum(mask)
+
+
+def _choice_scores(model: T5, frozen: Any, batch: Batch, prompt, rngs) -> tuple[jax.Array, jax.Array]:
+  """Each example's choices' summed log-probs [B, C] (the encoder runs once per example), and which are real."""
+  encoded, encoder_mask = model.apply(frozen, batch["inputs"], batch["input_mask"], prompt, method=T5.encode,
+                                      rngs=rngs)
+  batch_size, num_choices, length = batch["candidates"].shape
+  targets, mask = batch["candidates"].reshape(-1, length), batch["candidate_mask"].reshape(-1, length)
+  decoder_inputs = shift_right(targets, model.config.decoder_start_token_id)
+  logits, _ = model.apply(frozen, decoder_inputs, jnp.repeat(encoded, num_choices, axis=0),
+                          jnp.repeat(encoder_mask, num_choices, axis=0), None, repeat_examples(prompt, num_choices),
+                          method=T5.decode, rngs=rngs)
+  scores = token_log_likelihood(logits, targets, mask).reshape(batch_size, num_choices)
+  return scores, jnp.any(batch["candidate_mask"], axis=-1)
 
 
 def eval_step(
@@ -48,8 +69,10 @@ def eval_step(
     model: T5,
     method: nn.Module | None,
     max_decode_len: int,
+    choices: bool = False,
 ) -> dict[str, jax.Array]:
-  """Per-example outputs: `target_logp`, `target_tokens`, `decoded`, and `label_scores` [B, C]."""
+  """Per-example outputs: `target_logp`, `target_tokens`, `decoded`, and `label_scores` [B, C] of
+  the task's label texts, or with `choices` of each example's own choices."""
   prompt = _prompt(method, prompt_params, batch)
   encoded, encoder_mask = model.apply(frozen, batch["inputs"], batch["input_mask"], prompt, method=T5.encode)
   start = model.config.decoder_start_token_id
@@ -64,7 +87,10 @@ def eval_step(
       "target_tokens": jnp.sum(batch["target_mask"], axis=1),
       "decoded": greedy_decode_encoded(model, frozen, encoded, encoder_mask, max_decode_len, prompt),
   }
-  if label_targets_CxT is not None:
+  if choices:
+    scores, valid = _choice_scores(model, frozen, batch, prompt, None)
+    out["label_scores"] = jnp.where(valid, scores, -jnp.inf)
+  elif label_targets_CxT is not None:
     batch_size, num_labels = batch["inputs"].shape[0], label_targets_CxT.shape[0]
     tile = lambda x: jnp.tile(x, (batch_size, 1))
     logits = decode_logits(
@@ -78,21 +104,24 @@ def eval_step(
   return out
 
 
-def labels(tasks, backbone, config) -> None:
-  del tasks, backbone  # the verbalizer's texts are targets, scored per task by rank classification
+def labels(tasks, backbone, config) -> bool:
+  """Whether the batch carries each example's choices (a cloze task with candidates, COPA)."""
+  del backbone  # the verbalizer's texts are targets, scored per task by rank classification
   if config.loss_over == "label_words":
     raise ValueError("config.loss_over='label_words' is implemented for decoder-only backbones")
+  return len(tasks) == 1 and bool(tasks[0].spec.candidates)
 
 
 def label_targets(spec, codec, max_target_len):
+  if spec.candidates:  # each example's choices come with its batch
+    return None, None
   return features_lib.label_targets(spec, codec, max_target_len)
 
 
-def bind_loss(backbone, method: nn.Module, labels: None):
-  del labels
-  return functools.partial(loss_sum, model=backbone.training_model, method=method)
+def bind_loss(backbone, method: nn.Module, labels: bool):
+  return functools.partial(loss_sum, model=backbone.training_model, method=method, choices=labels)
 
 
-def bind_eval(backbone, method: nn.Module | None, labels: None, max_decode_len: int):
-  del labels
-  return functools.partial(eval_step, model=backbone.model, method=method, max_decode_len=max_decode_len)
+def bind_eval(backbone, method: nn.Module | None, labels: bool, max_decode_len: int):
+  return functools.partial(eval_step, model=backbone.model, method=method, max_decode_len=max_decode_len,
+                           choices=labels)

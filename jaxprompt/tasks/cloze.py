@@ -117,8 +117,6 @@ def check_text_family(spec, codec: TextCodec) -> None:
         f"Task {spec.name!r} has a cloze pattern, which needs a masked LM's tokenizer (family bert, albert), T5's"
         " sentinels (TextCodec.cloze_sentinels) or a decoder's codec (one whose truncation keeps the input's end)"
     )
-  if spec.candidates and codec.cloze_sentinels:
-    raise ValueError(f"Task {spec.name!r}: candidates are scored on masked LMs and decoders, not yet on T5")
   if not codec.cloze_sentinels and (slot := _slot_after_mask(pattern_of(spec))) is not None:
     raise ValueError(
         f"Task {spec.name!r}: the pattern {spec.pattern!r} has {slot} after its mask, but a decoder cannot read"
@@ -127,10 +125,17 @@ def check_text_family(spec, codec: TextCodec) -> None:
 
 
 def candidate_texts(record: Record, spec, codec: TextCodec) -> list[str]:
-  """A decoder's per-example choices, each continuing the pattern as a label word does."""
+  """Each example's choices (COPA) in the family's answer form, as a label word would be."""
   if spec.prepare:
     record = PREPARES[spec.prepare](record)
-  return [codec.word_prefix + slot.text(record.fields, record.where) for slot in candidate_slots(spec)]
+  return [_answer(slot.text(record.fields, record.where), codec) for slot in candidate_slots(spec)]
+
+
+def _answer(word: str, codec: TextCodec) -> str:
+  """A word as T5's span-corruption target or as a decoder's continuation."""
+  if codec.cloze_sentinels:
+    return f"{codec.cloze_sentinels[0]} {word} {codec.cloze_sentinels[1]}"
+  return codec.word_prefix + word
 
 
 def label_texts(spec, codec: TextCodec) -> tuple[str, ...]:
@@ -145,10 +150,7 @@ def label_texts(spec, codec: TextCodec) -> tuple[str, ...]:
           f"Task {spec.name!r}: class {name!r} has several label words {words}; rank classification on T5 and"
           " decoders scores one text per class, so give it one word"
       )
-    if codec.cloze_sentinels:
-      texts.append(f"{codec.cloze_sentinels[0]} {words[0]} {codec.cloze_sentinels[1]}")
-    else:
-      texts.append(codec.word_prefix + words[0])
+    texts.append(_answer(words[0], codec))
   return tuple(texts)
 
 

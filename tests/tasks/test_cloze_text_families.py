@@ -141,11 +141,14 @@ def test_several_label_words_per_class_and_candidates_are_refused(shared_data, t
       featurize(records, several, codec, 64, 8)
     with pytest.raises(ValueError, match=r"class '0' has several label words"):
       label_targets(several, codec, 8)
-  # A decoder scores each example's choices continuing the pattern (tests/test_decoder_runs.py); T5 not yet.
-  with pytest.raises(ValueError, match="Task 'copa': candidates are scored on masked LMs and decoders, not yet on T5"):
-    featurize(_records(shared_data, "superglue/COPA", "val.jsonl", limit=2), copa, t5, 64, 8)
-  feats, _ = featurize(_records(shared_data, "superglue/COPA", "val.jsonl", limit=2), copa, decoder, 64, 16)
-  assert all(len(f.candidates) == 2 and f.candidates[0] != f.candidates[1] for f in feats)
+  # Each example's choices, in the family's answer form (scored in tests/test_decoder_runs.py, test_seq2seq.py).
+  records = _records(shared_data, "superglue/COPA", "val.jsonl", limit=2)
+  for codec, first in ((decoder, None), (t5, "<extra_id_0>")):
+    feats, _ = featurize(records, copa, codec, 64, 24)
+    assert all(len(f.candidates) == 2 and f.candidates[0] != f.candidates[1] for f in feats)
+    assert all(f.targets == f.candidates[f.label] for f in feats)
+    if first:
+      assert all(codec.encode_words(first)[0] == f.candidates[0][0] for f in feats)
 
 
 def test_the_text_around_the_mask_keeps_glued_text_and_drops_specials():
