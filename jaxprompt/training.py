@@ -131,6 +131,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state = exp.init_state(params)
   else:
     state, data_state = checkpoints.restore(latest, exp.abstract_state, meta)
+    exp.pretrained = {}  # the checkpoint holds the trained weights: the pretrained copies can go
     train_iter.set_state(data_state["iterator"])
     if unlabeled_iter is not None:
       unlabeled_iter.set_state(data_state["unlabeled_iterator"])
