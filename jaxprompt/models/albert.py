@@ -42,8 +42,8 @@ import jax.numpy as jnp
 
 from jaxprompt.models import layers
 from jaxprompt.models.albert_config import AlbertConfig
-from jaxprompt.models.bert import BertAttention, BertMLP, BertOutput, BertPooler
-from jaxprompt.models.prompt import KVPrefix, Prompt, place_soft_tokens, prefix_mask, sequence_positions
+from jaxprompt.models.bert import BertAttention, BertEmbeddings, BertMLP, BertOutput, BertPooler
+from jaxprompt.models.prompt import KVPrefix, Prompt, prefix_mask
 
 # ALBERT's initializer_range: the init only matters for tests and abstract shapes (weights are loaded).
 _INIT = nn.initializers.normal(stddev=0.02)
@@ -55,48 +55,6 @@ def _norm(c: AlbertConfig, name: str) -> layers.LayerNorm:
 
 def _dense(c: AlbertConfig, width: int, out_axis: str, name: str) -> layers.BiasedProjection:
   return layers.BiasedProjection((width,), ("embed",), (out_axis,), _INIT, c.dtype, c.param_dtype, name=name)
-
-
-class AlbertEmbeddings(nn.Module):
-  """(word + token type) + position embeddings of width E with the soft tokens in place, then LayerNorm."""
-
-  config: AlbertConfig
-  token_embedder: layers.Embed
-  deterministic: bool = True
-
-  @nn.compact
-  def __call__(self, input_ids_BxL, input_mask_BxL, token_type_ids_BxL, prompt: Prompt | None):
-    c = self.config
-    table = lambda name, axis, rows: self.param(
-        name, nn.with_logical_partitioning(_INIT, (axis, "embed")), (rows, c.embedding_size), c.param_dtype
-    )
-    type_table = table("token_type_embedding", "token_types", c.type_vocab_size)
-    position_table = table("position_embedding", "positions", c.max_position_embeddings)
-
-    if token_type_ids_BxL is None:
-      token_type_ids_BxL = jnp.zeros_like(input_ids_BxL)
-    # Hugging Face's order of additions, (word + type) + position, so float32 results agree bit for bit.
-    x_BxLxE = self.token_embedder(input_ids_BxL) + jnp.take(type_table, token_type_ids_BxL, axis=0).astype(c.dtype)
-    if prompt is not None and prompt.embeddings_BxPxD is not None:
-      if prompt.embeddings_BxPxD.shape[-1] != c.embedding_size:
-        raise ValueError(
-            f"soft tokens of width {prompt.embeddings_BxPxD.shape[-1]}: ALBERT's soft tokens live in its "
-            f"word-embedding space, of width embedding_size={c.embedding_size} (not hidden_size={c.hidden_size})"
-        )
-      soft = prompt.embeddings_BxPxD.astype(c.dtype) + type_table[0].astype(c.dtype)
-      prompt = prompt.replace(embeddings_BxPxD=soft)
-    placed = place_soft_tokens(x_BxLxE, input_mask_BxL, prompt)
-    length = placed.mask_BxT.shape[1]
-    if length > c.max_position_embeddings:
-      raise ValueError(
-          f"a sequence of {length} slots (tokens + soft tokens) needs {length} positions, but the model "
-          f"has {c.max_position_embeddings} position embeddings"
-      )
-    positions = sequence_positions(length, placed.position_weight_BxT)
-    x_BxTxE = placed.x_BxTxD + jnp.take(position_table, positions, axis=0).astype(c.dtype)
-    x_BxTxE = _norm(c, "norm")(x_BxTxE)
-    x_BxTxE = nn.Dropout(c.dropout_rate, deterministic=self.deterministic)(x_BxTxE)
-    return layers.constrain(x_BxTxE, ("batch", "length", "embed")), placed.mask_BxT
 
 
 class AlbertLayer(nn.Module):
@@ -205,7 +163,7 @@ class Albert(nn.Module):
   def setup(self):
     c = self.config
     self.token_embedder = layers.Embed(c.vocab_size, c.embedding_size, c.dtype, c.param_dtype, _INIT)
-    self.embeddings = AlbertEmbeddings(c, self.token_embedder, self.deterministic)
+    self.embeddings = BertEmbeddings(c, self.token_embedder, self.deterministic, width=c.embedding_size)
     self.encoder = AlbertEncoder(c, self.deterministic)
     self.pooler = BertPooler(c) if c.has_pooler else None
     self.mlm_head = AlbertMLMHead(c, self.token_embedder) if c.has_mlm_head else None

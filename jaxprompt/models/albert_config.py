@@ -48,6 +48,11 @@ class AlbertConfig:
       raise ValueError(f"AlbertConfig.remat_policy={self.remat_policy!r} is not one of {REMAT_POLICIES}")
 
   @property
+  def position_offset(self) -> int:
+    """ALBERT's positions are plain slot indices (RoBERTa's start after padding_idx: BertConfig)."""
+    return 0
+
+  @property
   def head_dim(self) -> int:
     return self.hidden_size // self.num_heads
 

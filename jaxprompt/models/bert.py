@@ -89,17 +89,23 @@ def position_ids(c: BertConfig, placed: PlacedSequence) -> jax.Array:
 
 
 class BertEmbeddings(nn.Module):
-  """(word + token type) + position embeddings with the soft tokens in place, then LayerNorm."""
+  """(word + token type) + position embeddings with the soft tokens in place, then LayerNorm.
+
+  `width`: the tables' width (and the soft tokens'), hidden_size for BERT; ALBERT's factorised
+  embeddings are narrower (embedding_size) and projected to the layers' width after this.
+  """
 
   config: BertConfig
   token_embedder: layers.Embed
   deterministic: bool = True
+  width: int | None = None  # None: config.hidden_size
 
   @nn.compact
   def __call__(self, input_ids_BxL, input_mask_BxL, token_type_ids_BxL, prompt: Prompt | None):
     c = self.config
+    width = self.width or c.hidden_size
     table = lambda name, axis, rows: self.param(
-        name, nn.with_logical_partitioning(_INIT, (axis, "embed")), (rows, c.hidden_size), c.param_dtype
+        name, nn.with_logical_partitioning(_INIT, (axis, "embed")), (rows, width), c.param_dtype
     )
     type_table = table("token_type_embedding", "token_types", c.type_vocab_size)
     position_table = table("position_embedding", "positions", c.max_position_embeddings)
@@ -109,6 +115,12 @@ class BertEmbeddings(nn.Module):
     # Hugging Face's order of additions, (word + type) + position, so float32 results agree bit for bit.
     x_BxLxD = self.token_embedder(input_ids_BxL) + jnp.take(type_table, token_type_ids_BxL, axis=0).astype(c.dtype)
     if prompt is not None and prompt.embeddings_BxPxD is not None:
+      if prompt.embeddings_BxPxD.shape[-1] != width:
+        expected = f"embedding_size={width} (not hidden_size={c.hidden_size})" if self.width else f"hidden_size={width}"
+        raise ValueError(
+            f"soft tokens of width {prompt.embeddings_BxPxD.shape[-1]}: this model's soft tokens live in its "
+            f"word-embedding space, of width {expected}"
+        )
       soft = prompt.embeddings_BxPxD.astype(c.dtype) + type_table[0].astype(c.dtype)
       prompt = prompt.replace(embeddings_BxPxD=soft)
     placed = place_soft_tokens(x_BxLxD, input_mask_BxL, prompt)
