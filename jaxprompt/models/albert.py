@@ -42,8 +42,8 @@ import jax.numpy as jnp
 
 from jaxprompt.models import layers
 from jaxprompt.models.albert_config import AlbertConfig
-from jaxprompt.models.bert import BertAttention, BertEmbeddings, BertMLP, BertOutput, BertPooler
-from jaxprompt.models.prompt import KVPrefix, Prompt, prefix_mask
+from jaxprompt.models.bert import Bert, BertAttention, BertEmbeddings, BertMLP, BertPooler
+from jaxprompt.models.prompt import KVPrefix, prefix_mask
 
 # ALBERT's initializer_range: the init only matters for tests and abstract shapes (weights are loaded).
 _INIT = nn.initializers.normal(stddev=0.02)
@@ -154,8 +154,9 @@ class AlbertMLMHead(nn.Module):
     return layers.tied_logits(self.token_embedder, h_BxTxE, bias, token_ids_W)
 
 
-class Albert(nn.Module):
-  """An ALBERT encoder. `deterministic=False` turns on dropout (needs a 'dropout' rng)."""
+class Albert(Bert):
+  """An ALBERT encoder: BERT's forward and MLM logits over ALBERT's parts. `deterministic=False`
+  turns on dropout (needs a 'dropout' rng)."""
 
   config: AlbertConfig
   deterministic: bool = True
@@ -167,21 +168,3 @@ class Albert(nn.Module):
     self.encoder = AlbertEncoder(c, self.deterministic)
     self.pooler = BertPooler(c) if c.has_pooler else None
     self.mlm_head = AlbertMLMHead(c, self.token_embedder) if c.has_mlm_head else None
-
-  def __call__(
-      self, input_ids_BxL, input_mask_BxL, token_type_ids_BxL=None, prompt: Prompt | None = None
-  ) -> BertOutput:
-    """States [B, P+L, H] of the last layer (soft tokens in place), their mask, the pooled output."""
-    x_BxTxE, mask_BxT = self.embeddings(input_ids_BxL, input_mask_BxL, token_type_ids_BxL, prompt)
-    x_BxTxD = self.encoder(x_BxTxE, mask_BxT, None if prompt is None else prompt.encoder_self)
-    pooled_BxD = None if self.pooler is None else self.pooler(x_BxTxD)
-    if self.mlm_head is not None and self.is_initializing():
-      self.mlm_head(x_BxTxD)  # creates the head's params; its logits come from mlm_logits
-    return BertOutput(x_BxTxD, mask_BxT, pooled_BxD)
-
-  def mlm_logits(self, hidden_BxTxD: jax.Array, token_ids_W: jax.Array | None = None) -> jax.Array:
-    """Float32 logits of the given [B, T|K, H] states (all slots, or those gathered at [MASK]s) over the
-    vocabulary, or over just the tokens `token_ids_W` (a verbalizer's label words): [..., V] or [..., W]."""
-    if self.mlm_head is None:
-      raise ValueError("this ALBERT has no MLM head (has_mlm_head=False); load an AlbertForMaskedLM checkpoint")
-    return self.mlm_head(hidden_BxTxD, token_ids_W)

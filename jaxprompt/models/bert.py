@@ -259,7 +259,7 @@ class Bert(nn.Module):
     """Float32 logits of the given states (all slots, or only those gathered at [MASK]s) over the
     vocabulary, or over just the tokens `token_ids_W` (a verbalizer's label words): [..., V] or [..., W]."""
     if self.mlm_head is None:
-      raise ValueError("this BERT has no MLM head (has_mlm_head=False); load a *ForMaskedLM checkpoint")
+      raise ValueError(f"this {type(self).__name__} has no MLM head (has_mlm_head=False); load a *ForMaskedLM checkpoint")
     return self.mlm_head(hidden_BxTxD, token_ids_W)
 
 
