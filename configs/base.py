@@ -55,7 +55,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.prompt = ml_collections.ConfigDict(dict(
       # prompt_tuning (Lester et al.) | prefix_tuning (Li & Liang) | p_tuning (Liu et al. v1: pseudo
       # tokens at the template's [Pi] markers) | p_tuning_v2 (deep prompts + a head) | multi_task
-      # (shared + per-task prompts over config.mixture) | none (the frozen model alone)
+      # (shared + per-task prompts over config.mixture) | classifier (a linear head alone: with
+      # config.model.trainable=all a standard sequence classifier) | none (the frozen model alone)
       method="prompt_tuning",
       # P: soft tokens (prompt_tuning), prefix slots per layer (prefix_tuning, p_tuning_v2), or each
       # task's own prompt (multi_task). p_tuning takes its length from the template's [Pi] markers.
@@ -112,6 +113,9 @@ def base_config() -> ml_collections.ConfigDict:
       eps=1e-8,  # Adam only
   ))
   config.loss_over = "vocabulary"  # vocabulary | label_words (PET: softmax over the label words only)
+  # A distillation set (config.task.teacher_field; PET's final classifier): the head trains on
+  # KL(softmax(teacher / T) || softmax(logits / T)) · T², PET's T = 2.
+  config.distill_temperature = 2.0
   config.cloze = ml_collections.ConfigDict(dict(  # masked LMs scoring a pattern's [MASK] (PET, LM-BFF)
       # True: label words of several tokens are scored with as many masks (PET with multiple
       # masks; k = the longest word); False: every label word must be one token.

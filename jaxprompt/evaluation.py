@@ -56,26 +56,11 @@ def evaluate_task(
   a head); the task metric, by rank classification of the verbalizer (or the head's argmax); and
   exact match: the greedy decoding starts with the target's tokens (for T5, whose targets end with
   EOS, it must also stop there)."""
-  config, codec = exp.config, exp.backbone.codec
   has_labels = task.num_classes > 0
-  label_targets, label_mask = exp.label_targets(task) if has_labels else (None, None)
-  columns: dict[str, list[np.ndarray]] = {}
   # Shortest first: no metric depends on the examples' order, and a batch of similar lengths pads to
   # a small bucket, where in the data's order most batches would hold one long input and pad to it.
   by_length = sorted(eval_features, key=lambda f: len(f.inputs))
-  batches = pipeline.eval_batches(
-      by_length, config.eval_batch_size, config.data.max_input_len, config.data.max_target_len,
-      tuple(config.data.bucket_lengths), jax.process_index(), jax.process_count(), codec.pad_inputs_left,
-  )
-  for local in batches:
-    batch = pipeline.to_global(local, exp.batch_sharding)
-    out = eval_step(prompt_params, frozen, batch, label_targets, label_mask)
-    out.update({k: batch[k] for k in ("targets", "label", "group", "example_mask", "score")})
-    if "token_logits" in out:
-      out["token_labels"] = batch["token_labels"]
-    for name, value in out.items():
-      # Gathered per batch: bucketed batches differ in length, so [B, L] columns cannot be stacked.
-      columns.setdefault(name, []).append(np.asarray(multihost_utils.process_allgather(value, tiled=True)))
+  columns = _eval_columns(eval_step, prompt_params, frozen, by_length, task, exp)
   keep = np.concatenate(columns.pop("example_mask")).astype(bool)
   if "token_logits" in columns:
     return _tagging_metrics(columns, keep, task)
@@ -96,6 +81,55 @@ def evaluate_task(
     metrics.update(metrics_lib.task_metrics(task.metric, predictions, cols["label"], cols["group"]))
   metrics["examples"] = float(keep.sum())
   return metrics
+
+
+def class_scores(
+    eval_step: Callable[..., dict[str, jax.Array]],
+    prompt_params: Any,
+    frozen: Any,
+    features: Sequence[features_lib.Feature],
+    task: task_spec.TaskSpec,
+    exp: experiment.Experiment,
+) -> np.ndarray:
+  """[N, C] class scores of `features`, in their order: what the eval step ranks (the verbalizer's
+  or the choices' scores, or a head's logits). PET's ensemble members score unlabeled data so."""
+  order = np.argsort([len(f.inputs) for f in features], kind="stable")  # short batches pad less
+  columns = _eval_columns(eval_step, prompt_params, frozen, [features[i] for i in order], task, exp)
+  keep = np.concatenate(columns["example_mask"]).astype(bool)
+  if "class_logits" not in columns:
+    raise ValueError(f"task {task.name!r}: this run's eval step ranks no classes (it has no class_logits)")
+  scores = np.concatenate(columns["class_logits"])[keep]
+  unsorted = np.empty_like(scores)
+  unsorted[order] = scores
+  return unsorted
+
+
+def _eval_columns(
+    eval_step: Callable[..., dict[str, jax.Array]],
+    prompt_params: Any,
+    frozen: Any,
+    features: Sequence[features_lib.Feature],
+    task: task_spec.TaskSpec,
+    exp: experiment.Experiment,
+) -> dict[str, list[np.ndarray]]:
+  """The eval step's outputs and the batches' label keys, batch by batch, for `features` in order."""
+  config, codec = exp.config, exp.backbone.codec
+  label_targets, label_mask = exp.label_targets(task) if task.num_classes > 0 else (None, None)
+  columns: dict[str, list[np.ndarray]] = {}
+  batches = pipeline.eval_batches(
+      features, config.eval_batch_size, config.data.max_input_len, config.data.max_target_len,
+      tuple(config.data.bucket_lengths), jax.process_index(), jax.process_count(), codec.pad_inputs_left,
+  )
+  for local in batches:
+    batch = pipeline.to_global(local, exp.batch_sharding)
+    out = eval_step(prompt_params, frozen, batch, label_targets, label_mask)
+    out.update({k: batch[k] for k in ("targets", "label", "group", "example_mask", "score")})
+    if "token_logits" in out:
+      out["token_labels"] = batch["token_labels"]
+    for name, value in out.items():
+      # Gathered per batch: bucketed batches differ in length, so [B, L] columns cannot be stacked.
+      columns.setdefault(name, []).append(np.asarray(multihost_utils.process_allgather(value, tiled=True)))
+  return columns
 
 
 def _regression_metrics(cols: dict[str, np.ndarray], task: task_spec.TaskSpec, examples: float) -> dict[str, float]:

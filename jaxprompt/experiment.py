@@ -22,6 +22,7 @@ from jaxprompt.backbones import Backbone, load_backbone
 from jaxprompt.checkpoint import backbone_fingerprint, param_shapes
 from jaxprompt.optimizers import make_optimizer
 from jaxprompt.prompts import initializers
+from jaxprompt.prompts.classifier import ClassifierHead
 from jaxprompt.prompts.multi_task import MultiTaskPrompt
 from jaxprompt.prompts.p_tuning import PromptEncoder
 from jaxprompt.prompts.p_tuning_v2 import DeepPromptWithHead
@@ -33,9 +34,9 @@ from jaxprompt.tasks.mixing import mix_tasks
 
 log = logging.getLogger(__name__)
 # none: the frozen model alone (zero-shot / k-shot evaluation)
-METHODS = ("prompt_tuning", "prefix_tuning", "p_tuning", "p_tuning_v2", "multi_task", "none")
+METHODS = ("prompt_tuning", "prefix_tuning", "p_tuning", "p_tuning_v2", "multi_task", "classifier", "none")
 LOSSES = ("vocabulary", "label_words")
-PromptMethod = SoftPrompt | PrefixTuning | PromptEncoder | DeepPromptWithHead | MultiTaskPrompt
+PromptMethod = SoftPrompt | PrefixTuning | PromptEncoder | DeepPromptWithHead | MultiTaskPrompt | ClassifierHead
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +88,12 @@ def make_method(
           f"config.prompt.method='p_tuning_v2' trains a classification head: task {task.spec.name!r} has no classes"
       )
     return DeepPromptWithHead(prompt.length, shapes, backbone.hidden_dim, num_labels, "token" if tagging else "sequence")
+  if prompt.method == "classifier":
+    (task,) = _single(tasks, "classifier")
+    if not task.spec.num_classes or task.spec.token_label_names:
+      raise ValueError(f"config.prompt.method='classifier' trains a sequence classifier: task {task.spec.name!r} has"
+                       " no classes")
+    return ClassifierHead(backbone.hidden_dim, task.spec.num_classes)
   if prompt.method == "p_tuning":
     (task,) = _single(tasks, "p_tuning")
     count = task.spec.num_pseudo_tokens

@@ -122,6 +122,7 @@ def abstract_batch(config: ml_collections.ConfigDict, sharding: NamedSharding) -
       "token_labels": ((b, length), jnp.int32), "token_types": ((b, length), jnp.int32),
       "mask_positions": ((b, 1), jnp.int32), "candidates": ((b, 1, 1), jnp.int32),
       "candidate_mask": ((b, 1, 1), jnp.bool_), "score": ((b,), jnp.float32),
+      "teacher_logits": ((b, 1), jnp.float32),
   }
   if config.cloze.mlm_alpha:  # PET's unlabeled batch beside each labelled one
     u = config.data.unlabeled_batch_size or b

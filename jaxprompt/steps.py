@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.scipy.special import xlogy
 import optax
 from flax import struct
 
@@ -53,6 +54,11 @@ def class_cross_entropy(
   logp = jax.nn.log_softmax(logits_NxC.astype(jnp.float32), axis=-1)
   picked = jnp.take_along_axis(logp, jnp.maximum(labels_N, 0)[..., None], axis=-1)[..., 0]
   return -jnp.sum(picked * weights_N), jnp.sum(weights_N).astype(jnp.float32)
+
+
+def kl_divergence(target_NxC: jax.Array, logp_NxC: jax.Array) -> jax.Array:
+  """[N] KL(target || p) of probability targets and log-probabilities (0 · log 0 = 0)."""
+  return jnp.sum(xlogy(target_NxC, target_NxC) - target_NxC * logp_NxC, axis=-1)
 
 
 def train_step(

@@ -24,7 +24,7 @@ from jaxprompt.weights.hf_tokenizer import load_hf_tokenizer
 class BertFamily(Family):
   name = "bert"
   # P-tuning v1 places pseudo tokens at a template's [Pi] markers, which cloze patterns do not have.
-  methods = ("prompt_tuning", "prefix_tuning", "p_tuning_v2", "none")
+  methods = ("prompt_tuning", "prefix_tuning", "p_tuning_v2", "classifier", "none")
   text_objective = "cloze"
 
   def load(self, model: ml_collections.ConfigDict, mesh, rules) -> tuple[BertConfig, Any]:

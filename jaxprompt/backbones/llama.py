@@ -19,7 +19,7 @@ from jaxprompt.weights.llama_loader import load_llama, read_llama_config
 
 class LlamaFamily(Family):
   name = "llama"
-  methods = ("prompt_tuning", "prefix_tuning", "p_tuning", "p_tuning_v2", "multi_task", "none")
+  methods = ("prompt_tuning", "prefix_tuning", "p_tuning", "p_tuning_v2", "multi_task", "classifier", "none")
   text_objective = "causal_lm"
 
   def load(self, model: ml_collections.ConfigDict, mesh, rules) -> tuple[LlamaConfig, Any]:

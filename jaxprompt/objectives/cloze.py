@@ -28,12 +28,11 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.scipy.special import xlogy
 
 from jaxprompt.models.prompt import repeat_examples, token_slots
 from jaxprompt.objectives import mlm as mlm_lib
 from jaxprompt.objectives import multi_mask
-from jaxprompt.steps import Batch, class_cross_entropy
+from jaxprompt.steps import Batch, class_cross_entropy, kl_divergence
 from jaxprompt.tasks import cloze
 
 
@@ -171,7 +170,7 @@ def _regression_kl(scores_Bx2: jax.Array, batch: Batch, bounds: tuple[float, flo
   high_B = jnp.where(scored_B, (batch["score"] - low) / (high - low), 0.5)
   target_Bx2 = jnp.stack([1.0 - high_B, high_B], axis=-1)
   logp_Bx2 = jax.nn.log_softmax(scores_Bx2.astype(jnp.float32), axis=-1)
-  kl_B = jnp.sum(xlogy(target_Bx2, target_Bx2) - target_Bx2 * logp_Bx2, axis=-1)
+  kl_B = kl_divergence(target_Bx2, logp_Bx2)
   return jnp.sum(jnp.where(scored_B, kl_B, 0.0)), jnp.sum(scored_B).astype(jnp.float32)
 
 

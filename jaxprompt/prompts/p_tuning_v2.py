@@ -13,9 +13,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
 from jaxprompt.models.prompt import Prompt
+from jaxprompt.prompts.classifier import dense_head, export_flat, params_from_flat
 from jaxprompt.prompts.prefix_tuning import AttentionShape, PrefixTuning
 
 HEADS = ("sequence", "token")
@@ -41,9 +41,7 @@ class DeepPromptWithHead(nn.Module):
 
   def setup(self):
     self.prompts = PrefixTuning(self.length, self.shapes, self.hidden_dim, reparam_hidden=0)
-    self.classifier = nn.Dense(
-        self.num_labels, kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("prompt_embed", None))
-    )
+    self.classifier = dense_head(self.num_labels)
 
   def __call__(self, batch: dict[str, jax.Array]) -> Prompt:
     if self.is_initializing():  # create the head's params with the prompts'
@@ -56,10 +54,10 @@ class DeepPromptWithHead(nn.Module):
 
   def export(self, params: dict) -> dict[str, np.ndarray]:
     """Everything trainable is already plain: the prompts' keys/values and the head."""
-    return {k: np.asarray(v, np.float32) for k, v in traverse_util.flatten_dict(params, sep="/").items()}
+    return export_flat(params)
 
   def collapsed(self) -> DeepPromptWithHead:
     return self
 
   def params_from_export(self, arrays: dict[str, np.ndarray]) -> dict:
-    return traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in arrays.items()}, sep="/")
+    return params_from_flat(arrays)

@@ -115,9 +115,10 @@ def _pet(task: str, patterns: dict[int, str], labels: tuple[str, ...], verbalize
 
 
 def _news(a: str, b: str, p1_word: str) -> dict[int, str]:
-  """AG News's and Yahoo's six patterns over a (title) and b (body)."""
-  return {0: f"[MASK] : {a} {b}", 1: f"[MASK] {p1_word} {a} {b}", 2: f"{a} ( [MASK] ) {b}",
-          3: f"{a} {b} ( [MASK] )", 4: f"[ Category: [MASK] ] {a} {b}", 5: f"[MASK] - {a} {b}"}
+  """AG News's and Yahoo's six patterns over a (title; may be empty: left out) and b (body)."""
+  ab = " ".join(filter(None, (a, b)))
+  return {0: f"[MASK] : {ab}", 1: f"[MASK] {p1_word} {ab}", 2: " ".join(filter(None, (a, "( [MASK] )", b))),
+          3: f"{ab} ( [MASK] )", 4: f"[ Category: [MASK] ] {ab}", 5: f"[MASK] - {ab}"}
 
 
 def _all(words: tuple, ids: range) -> dict[int, tuple]:
@@ -141,6 +142,9 @@ _NO_YES = _words("No", "Yes")
 # `{_}` marks the spaces PET writes inside its segments ('. Question: '); see patterns.py.
 PET_PATTERNS: dict[tuple[str, int], ClozePreset] = {
     **_pet("agnews", _news("{~title|backslash_to_space}", "{~description|backslash_to_space}", "News:"),
+           ("World", "Sports", "Business", "Sci/Tech"), _all(_words("World", "Sports", "Business", "Tech"), range(6))),
+    # The same without titles, for AG News files of `text` alone (../shared/data/agnews/test.tsv).
+    **_pet("agnews_text", _news("", "{~text|backslash_to_space}", "News:"),
            ("World", "Sports", "Business", "Sci/Tech"), _all(_words("World", "Sports", "Business", "Tech"), range(6))),
     **_pet("yahoo", _news(_YAHOO_A, f"{{~best_answer|{_CSV_TEXT}}}", "Question:"), tuple(map(str, range(1, 11))),
            _all(_words("Society", "Science", "Health", "Education", "Computer", "Sports", "Business",

@@ -49,6 +49,8 @@ class Feature:
   mask_positions: list[int] = dataclasses.field(default_factory=list)
   candidates: list[list[int]] = dataclasses.field(default_factory=list)
   score: float = float("nan")  # a regression's gold score (its label is -1); NaN when unscored
+  # A distillation set's teacher scores per class (TaskSpec.teacher_field; PET's final classifier).
+  teacher_logits: list[float] = dataclasses.field(default_factory=list)
 
   def __post_init__(self):
     for key in ("soft_positions", "token_labels", "token_types"):
@@ -172,6 +174,7 @@ def featurize(
       else:
         prefix = input_prefix(position) if input_prefix else ""
         example = _text_example(record, spec, template, target_template, verbalized, codec, prefix)
+      teacher = teacher_logits(record, spec)
       kept = codec.kept_input_positions(example.inputs, max_input_len)
       _check_pseudo_tokens_kept(example.soft_positions, kept, max_input_len, record.where)
       if sentinel:
@@ -192,9 +195,22 @@ def featurize(
     stats.truncated_targets += cut_targets
     features.append(Feature(
         take(example.inputs), targets, example.label, group, soft_positions=take(example.soft_positions),
-        token_labels=take(example.token_labels), candidates=list(example.candidates),
+        token_labels=take(example.token_labels), candidates=list(example.candidates), teacher_logits=teacher,
     ))
   return features, stats
+
+
+def teacher_logits(record: Record, spec: TaskSpec) -> list[float]:
+  """The record's teacher scores (one float per class) from `spec.teacher_field`; [] when it has none
+  (an eval set's records, say)."""
+  value = record.fields.get(spec.teacher_field) if spec.teacher_field else None
+  if value is None:
+    return []
+  ok = isinstance(value, (list, tuple)) and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value)
+  if not ok or len(value) != spec.num_classes or not np.all(np.isfinite(value)):
+    raise DataError(f"{record.where}: {spec.teacher_field!r} must be {spec.num_classes} finite numbers (one per class"
+                    f" of {spec.label_names}), got {value!r:.120}")
+  return [float(v) for v in value]
 
 
 def _cloze_features(

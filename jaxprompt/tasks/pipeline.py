@@ -14,8 +14,9 @@ padding rows), token_labels int32 [B, L] (a word's tag index at its first sub-to
 ignored), token_types int32 [B, L] (BERT's segment ids), mask_positions int32 [B, K] (a cloze
 input's mask block, -1 past an example's own masks), candidates int32 [B, C, K] and candidate_mask
 bool [B, C, K] (each example's choices, left-aligned in the mask block), score float32 [B] (a
-regression's gold score, NaN where none). K and C are the most any
-feature has (at least 1), fixed per feature set. Every batch has every key, whatever its task, so
+regression's gold score, NaN where none), teacher_logits float32 [B, S] (a distillation set's
+teacher scores per class, NaN where none). K, C and S are the most any feature has (at least 1),
+fixed per feature set. Every batch has every key, whatever its task, so
 that all batches share one structure; the [B, L] keys are aligned with inputs, on whichever side
 inputs are padded.
 """
@@ -53,6 +54,7 @@ class _Batcher:
   pad_inputs_left: bool  # decoders: so every example's answer starts at the same column
   num_masks: int  # K of mask_positions and candidates
   num_candidates: int  # C of candidates
+  num_teacher_classes: int  # S of teacher_logits
 
   def __call__(self, ids_G: np.ndarray) -> dict[str, np.ndarray]:
     real_G = ids_G >= 0
@@ -75,6 +77,7 @@ class _Batcher:
         "candidates": np.zeros((len(ids_B), self.num_candidates, self.num_masks), np.int32),
         "candidate_mask": np.zeros((len(ids_B), self.num_candidates, self.num_masks), bool),
         "score": np.full(len(ids_B), np.nan, np.float32),
+        "teacher_logits": np.full((len(ids_B), self.num_teacher_classes), np.nan, np.float32),
     }
     for row, i in enumerate(ids_B):
       if i >= 0:
@@ -87,6 +90,7 @@ class _Batcher:
         batch["label"][row] = feature.label
         batch["group"][row] = feature.group
         batch["score"][row] = feature.score
+        batch["teacher_logits"][row, : len(feature.teacher_logits)] = feature.teacher_logits
         batch["task_id"][row] = feature.task_id
         if feature.soft_positions:
           batch["soft_positions"][row, columns] = feature.soft_positions
@@ -222,7 +226,9 @@ def _make_batcher(
   num_masks = max(1, max(len(f.mask_positions) for f in features), max((len(c) for f in features for c in f.candidates),
                                                                       default=0))
   num_candidates = max(1, max(len(f.candidates) for f in features))
-  return _Batcher(features, input_lens, buckets, max_target_len, rows, pad_inputs_left, num_masks, num_candidates)
+  num_teacher_classes = max(1, max(len(f.teacher_logits) for f in features))
+  return _Batcher(features, input_lens, buckets, max_target_len, rows, pad_inputs_left, num_masks, num_candidates,
+                  num_teacher_classes)
 
 
 def to_global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:

@@ -42,6 +42,10 @@ class TaskSpec:
   `prepare` names a record transform applied first ("wsc_pronoun"). With `bounds` (low, high) the
   task is a regression (LM-BFF's STS-B): the label field is a score, and the two classes' label
   words are its poles, interpolated.
+
+  A distillation set (PET's final classifier) has a `teacher_field`: the record field holding the
+  teacher's scores, one per class; a method with a head then trains on them (KL at temperature T,
+  times T²) instead of on labels.
   """
 
   name: str
@@ -59,6 +63,7 @@ class TaskSpec:
   candidates: tuple[str, ...] = ()
   prepare: str = ""
   bounds: tuple[float, ...] = ()
+  teacher_field: str = ""
 
   def __post_init__(self):
     for key in ("label_names", "token_label_names", "pattern_fields", "candidates"):
@@ -69,8 +74,12 @@ class TaskSpec:
     object.__setattr__(self, "verbalizer", self._checked_verbalizer())
     object.__setattr__(self, "sentence_limits", tuple(int(n) for n in self.sentence_limits))
     if self.pattern:
+      if self.teacher_field:
+        raise ValueError(f"Task {self.name!r}: teacher_field distils into a classifier's head; a cloze pattern has none")
       self._check_cloze()
       return
+    if self.teacher_field and (self.token_label_names or self.target_template is not None):
+      raise ValueError(f"Task {self.name!r}: teacher_field holds scores per class; a task without classes has none")
     template = Template(self.template)
     if not template.fields:
       raise ValueError(f"Task {self.name!r}: the template {self.template!r} has no {{field}} slot")

@@ -39,6 +39,8 @@ def _records(shared_data: Path, task: str, n: int = 4) -> list[Record]:
   ag = [Record({**r.fields, "title": " ".join(r.fields["description"].split()[:6])}, r.where) for r in ag]
   if task == "agnews":
     return ag[:n]
+  if task == "agnews_text":  # the file as it is: PET's patterns with an empty title
+    return [Record({"text": r.fields["description"], "label": r.fields["label"]}, r.where) for r in ag[:n]]
   if task == "yahoo":  # with the csv's escaped line breaks, which PET's reader removes
     return [Record({"question_title": a.fields["title"] + "\\n?", "question_content": a.fields["description"],
                     "best_answer": b.fields["description"], "topic": 3}, a.where) for a, b in zip(ag, ag[1:])]
@@ -64,14 +66,16 @@ def _pet_wsc_text(e: dict) -> str:
 def _pet_parts(task: str, i: int, e: dict, m: str) -> tuple[list, list]:
   """(parts_a, parts_b) as PET's PVPs build them: strings, and (string, True) for shortenable ones."""
   rp, lf, S = (lambda s: s.rstrip(string.punctuation)), (lambda s: s[0].lower() + s[1:]), (lambda s: (s, True))
-  if task in ("agnews", "yahoo"):
+  if task in ("agnews", "agnews_text", "yahoo"):
     if task == "agnews":
       a, b = S(e["title"].replace("\\", " ")), S(e["description"].replace("\\", " "))
+    elif task == "agnews_text":
+      a, b = S(""), S(e["text"].replace("\\", " "))
     else:
       clean = lambda t: t.replace("\\n", " ").replace("\\", " ")
       a = S(" ".join([clean(e["question_title"]), clean(e["question_content"])]))
       b = S(clean(e["best_answer"]))
-    word = "News:" if task == "agnews" else "Question:"
+    word = "Question:" if task == "yahoo" else "News:"
     return [[m, ":", a, b], [m, word, a, b], [a, "(", m, ")", b], [a, b, "(", m, ")"], ["[ Category:", m, "]", a, b],
             [m, "-", a, b]][i], []
   if task.startswith("yelp"):

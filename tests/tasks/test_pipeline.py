@@ -17,6 +17,7 @@ KEYS = {
     "label": np.int32, "group": np.int32, "example_mask": np.bool_,
     "soft_positions": np.int32, "task_id": np.int32, "token_labels": np.int32, "token_types": np.int32,
     "mask_positions": np.int32, "candidates": np.int32, "candidate_mask": np.bool_, "score": np.float32,
+    "teacher_logits": np.float32,
 }
 
 
