@@ -130,6 +130,29 @@ def base_config() -> ml_collections.ConfigDict:
       seed=0,  # which demonstrations each eval example gets
       separator="\n\n",  # between demonstrations, and before the input
   ))
+  # LM-BFF's demonstrations of a cloze task: one filled-in training example per class, after the
+  # query on a masked LM (before it, as text, on T5 and decoders), drawn anew at every training
+  # draw; at evaluation `eval_sets` draws per example, their class scores averaged (demonstrations.py).
+  config.demonstrations = ml_collections.ConfigDict(dict(
+      enabled=False,
+      eval_sets=16,  # LM-BFF: 16; 4 for MNLI, SNLI and QQP
+      # LM-BFF's demo_filter: each query draws only from this share of each class's training
+      # examples, the most similar to it by the sentence encoder's cosine (LM-BFF: 0.5); 0: off.
+      filter_rate=0.0,
+      encoder="",  # a local sentence-transformers BERT directory (all-MiniLM-L6-v2) for the filter
+      encoder_batch_size=64,
+      separator="\n\n",  # T5 and decoders: the demonstrations come first as text, each followed by this
+  ))
+  # Contextual calibration (Zhao et al. 2021) of a classification's class probabilities, zero-/k-shot
+  # or of any run: each is divided by their mean on content-free inputs formatted like the example
+  # (with its demonstrations) and renormalised. eval/<metric> is then the calibrated one, beside
+  # eval/uncalibrated/<metric>; the loss stays the model's own.
+  config.calibration = ml_collections.ConfigDict(dict(
+      enabled=False,
+      # Each fills every field of the template (or cloze pattern); "[MASK]" is literal text, read as
+      # the backbone's tokenizer reads that text in any record (calibration.py says why).
+      content_free=("N/A", "", "[MASK]"),
+  ))
 
   config.seed = 0  # prompt init, data order and dropout
   config.batch_size = 32  # global batch (Lester et al.: 32)

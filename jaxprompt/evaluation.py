@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from jaxprompt import experiment
+from jaxprompt import calibration, experiment
 from jaxprompt import sharding as sharding_lib
 from jaxprompt.checkpoint import CheckpointMismatchError, PromptCheckpoints, load_export
 from jaxprompt.tasks import features as features_lib
@@ -55,7 +55,11 @@ def evaluate_task(
   """One task's metrics: the loss per target token (per labelled example or token for a method with
   a head); the task metric, by rank classification of the verbalizer (or the head's argmax); and
   exact match: the greedy decoding starts with the target's tokens (for T5, whose targets end with
-  EOS, it must also stop there)."""
+  EOS, it must also stop there). With config.calibration.enabled the task metric is that of the
+  contextually calibrated class scores (calibration.py), and `uncalibrated/<metric>` that of the raw ones."""
+  calibrating = exp.config.calibration.enabled
+  if calibrating:
+    calibration.check_task(task)  # before the eval pass, which a regression or tagging task would waste
   has_labels = task.num_classes > 0
   # Shortest first: no metric depends on the examples' order, and a batch of similar lengths pads to
   # a small bucket, where in the data's order most batches would hold one long input and pad to it.
@@ -65,8 +69,10 @@ def evaluate_task(
   if "token_logits" in columns:
     return _tagging_metrics(columns, keep, task)
   cols = {name: np.concatenate(parts)[keep] for name, parts in columns.items()}
+  if exp.config.demonstrations.enabled:
+    cols = _mean_over_demonstration_sets(cols)
   if task.bounds:
-    return _regression_metrics(cols, task, float(keep.sum()))
+    return _regression_metrics(cols, task, float(len(cols["label"])))
   if "class_logits" in cols:
     logp = _log_softmax(cols["class_logits"])
     labelled = cols["label"] >= 0
@@ -77,10 +83,31 @@ def evaluate_task(
     predictions = cols["label_scores"].argmax(axis=1) if has_labels else None
     if cols["target_tokens"].any():
       metrics["exact_match"] = metrics_lib.exact_match(cols["decoded"], cols["targets"], cols["target_tokens"])
+  if calibrating:
+    uncalibrated = metrics_lib.task_metrics(task.metric, predictions, cols["label"], cols["group"])
+    metrics.update({f"uncalibrated/{k}": v for k, v in uncalibrated.items()})
+    # The same step scores the content-free inputs, in the examples' order: k-shot groups, mostly
+    # their example's demonstrations, then come shortest first too and batches stay alike in length.
+    free = _eval_columns(eval_step, prompt_params, frozen, calibration.content_free_features(exp, by_length), task, exp)
+    key = "class_logits" if "class_logits" in cols else "label_scores"
+    free_scores = np.concatenate(free[key])[np.concatenate(free["example_mask"]).astype(bool)]
+    p_cf_GxC = calibration.content_free_probabilities(free_scores, len(exp.config.calibration.content_free))
+    predictions = calibration.calibrate(cols[key], p_cf_GxC).argmax(axis=1)
   if predictions is not None:
     metrics.update(metrics_lib.task_metrics(task.metric, predictions, cols["label"], cols["group"]))
-  metrics["examples"] = float(keep.sum())
+  metrics["examples"] = float(len(cols["label"]))
   return metrics
+
+
+def _mean_over_demonstration_sets(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """One row per example (group) from its rows with several sets of demonstrations: their class
+  scores averaged (LM-BFF's run.py averages the label-word logits), the rest the example's own."""
+  groups, first, which = np.unique(cols["group"], return_index=True, return_inverse=True)
+  out = {name: values[first] for name, values in cols.items()}
+  sums = np.zeros((len(groups), cols["class_logits"].shape[1]), np.float64)
+  np.add.at(sums, which, cols["class_logits"])
+  out["class_logits"] = (sums / np.bincount(which)[:, None]).astype(np.float32)
+  return out
 
 
 def class_scores(

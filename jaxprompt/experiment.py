@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -30,6 +31,7 @@ from jaxprompt.prompts.prefix_tuning import PrefixTuning
 from jaxprompt.prompts.soft_prompt import SoftPrompt
 from jaxprompt.tasks import features as features_lib
 from jaxprompt.tasks import icl, readers, task_spec
+from jaxprompt.tasks.demonstrations import Demonstrations
 from jaxprompt.tasks.mixing import mix_tasks
 
 log = logging.getLogger(__name__)
@@ -328,6 +330,49 @@ def task_features(exp: Experiment, task: TaskData, split: str) -> list[features_
   return feats
 
 
+def demonstrations(exp: Experiment) -> Demonstrations | None:
+  """LM-BFF's demonstrations of the run's task (config.demonstrations), or None when off."""
+  settings = exp.config.demonstrations
+  if not settings.enabled:
+    return None
+  if len(exp.tasks) != 1:
+    raise ValueError(f"config.demonstrations come from one task's training data; config.mixture names {len(exp.tasks)}")
+  (task,) = exp.tasks
+  pool = readers.read_records(task.train)
+  data = exp.config.data
+  demos = Demonstrations(task.spec, pool, exp.backbone.codec, data.max_input_len, exp.config.cloze.multi_token,
+                         exp.config.seed, settings.eval_sets, max_target_len=data.max_target_len,
+                         separator=settings.separator)
+  if settings.filter_rate:
+    demos.similar = _similar_demonstrations(exp, demos, pool, exclude_self=True)
+  return demos
+
+
+def _similar_demonstrations(exp: Experiment, demos: Demonstrations, queries: list, exclude_self: bool):
+  """LM-BFF's demo filter: (query, class) -> the most similar training records of that class."""
+  settings = exp.config.demonstrations
+  if not settings.encoder:
+    raise ValueError("config.demonstrations.filter_rate ranks demonstrations by a sentence encoder: set"
+                     " config.demonstrations.encoder (e.g. a local all-MiniLM-L6-v2 directory)")
+  encoder = _sentence_encoder(settings.encoder)
+  embed = lambda records: encoder.embed([demos.sentence_text(r) for r in records], settings.encoder_batch_size)
+  pool_NxD = embed(demos.pool)
+  queries_QxD = pool_NxD if exclude_self else embed(queries)
+  exclude = np.eye(len(queries), dtype=bool) if exclude_self else None
+  from jaxprompt import sentence_embeddings  # noqa: PLC0415 - only a filtering run needs the encoder's code
+
+  kept = sentence_embeddings.top_similar_per_class(queries_QxD, pool_NxD, demos.classes_N, len(demos.spec.label_names),
+                                                   settings.filter_rate, exclude)
+  return lambda query, c: kept[query][c]
+
+
+@functools.lru_cache(maxsize=2)  # training and evaluation embed with the same encoder
+def _sentence_encoder(path: str):
+  from jaxprompt import sentence_embeddings  # noqa: PLC0415 - only a filtering run needs the encoder's code
+
+  return sentence_embeddings.SentenceEncoder(path)
+
+
 def train_features(exp: Experiment) -> list[features_lib.Feature]:
   """The training set: the task's features, or the mixture's, each tagged with its task id."""
   if len(exp.tasks) == 1:
@@ -352,7 +397,17 @@ def unlabeled_features(exp: Experiment) -> list[features_lib.Feature] | None:
 
 
 def eval_features(exp: Experiment) -> dict[str, list[features_lib.Feature]]:
-  """Each task's eval features (keyed by TaskData.name), tagged with its task id."""
+  """Each task's eval features (keyed by TaskData.name), tagged with its task id; with LM-BFF's
+  demonstrations, config.demonstrations.eval_sets features per example (one group), which
+  evaluation averages."""
+  demos = demonstrations(exp)
+  if demos is not None:
+    (task,) = exp.tasks
+    records = readers.read_records(task.eval)[: exp.config.data.max_eval_examples or None]
+    similar = None
+    if exp.config.demonstrations.filter_rate:
+      similar = _similar_demonstrations(exp, demos, records, exclude_self=False)
+    return {task.name: demos.eval_features(records, similar)}
   return {
       task.name: [dataclasses.replace(f, task_id=i) for f in task_features(exp, task, "eval")]
       for i, task in enumerate(exp.tasks)

@@ -114,10 +114,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   best_mode = "min" if config.best_metric.endswith("loss") else "max"
   checkpoints = PromptCheckpoints(workdir, config.keep_checkpoints, config.best_metric, best_mode,
                                   config.async_checkpointing)
+  demos = experiment.demonstrations(exp)  # LM-BFF's: drawn anew for every draw of an example
+  if demos is not None and len(train_features) != len(demos.pool):
+    raise ValueError(f"config.data.skip_bad_examples left out {len(demos.pool) - len(train_features)} training records;"
+                     " with config.demonstrations every record must render (fix or remove them)")
   train_iter = pipeline.train_iterator(
       train_features, config.batch_size, config.seed, config.data.max_input_len, config.data.max_target_len,
       tuple(config.data.bucket_lengths), jax.process_index(), jax.process_count(), exp.backbone.codec.pad_inputs_left,
-      config.data.length_window,
+      config.data.length_window, render=None if demos is None else demos.train_feature,
   )
   unlabeled = experiment.unlabeled_features(exp)
   unlabeled_iter = None if unlabeled is None else pipeline.train_iterator(

@@ -92,8 +92,10 @@ class ClozeExample:
   truncated: bool
 
 
-def encode_example(record: Record, spec, tokens: ClozeTokens, num_masks: int, max_len: int) -> ClozeExample:
-  """The record's pattern filled and cut to `max_len`; with candidates, as many masks as the longest."""
+def encode_example(record: Record, spec, tokens: ClozeTokens, num_masks: int, max_len: int,
+                   pattern: ClozePattern | None = None) -> ClozeExample:
+  """The record's pattern (the task's, or `pattern`: with demonstrations) filled and cut to `max_len`;
+  with candidates, as many masks as the longest."""
   if spec.prepare:
     record = PREPARES[spec.prepare](record)
   choices: list[list[int]] = []
@@ -102,7 +104,7 @@ def encode_example(record: Record, spec, tokens: ClozeTokens, num_masks: int, ma
     if not all(choices):
       raise DataError(f"{record.where}: a candidate of task {spec.name!r} is empty: {spec.candidates}")
     num_masks = max(len(c) for c in choices)
-  encoded = pattern_of(spec).encode(record, tokens, num_masks, max_len)
+  encoded = (pattern or pattern_of(spec)).encode(record, tokens, num_masks, max_len)
   return ClozeExample(list(encoded.ids), list(encoded.token_types), list(encoded.mask_positions), choices,
                       encoded.truncated)
 

@@ -135,7 +135,7 @@ def featurize(
   The label is read from `spec.label_field`; an absent or null field, or -1 (TFDS's label of test
   examples), means no label: label -1 and empty targets. A generation task (`target_template`)
   renders its targets and has label -1. `input_prefix(i)`, if given, is text put before the i-th
-  record's rendered input (in-context demonstrations). A token-labelling task encodes the words one
+  record's rendered input (in-context demonstrations; a cloze pattern's on T5 and decoders). A token-labelling task encodes the words one
   by one and has label -1, empty targets and `token_labels`; a record without tags is unlabeled
   (every token label -1). A cloze task fills its pattern (truncated as PET does, never the mask or
   the pattern's text) with as many masks as its longest label word (`multi_token`; else label words
@@ -147,8 +147,6 @@ def featurize(
     return _cloze_features(records, spec, codec, max_input_len, skip_bad_examples, input_prefix, multi_token)
   if spec.pattern:
     cloze.check_text_family(spec, codec)
-    if input_prefix is not None:
-      raise ValueError(f"Task {spec.name!r}: in-context demonstrations are not supported with a cloze pattern")
   if max_input_len < 1 or max_target_len < 1:
     raise ValueError(f"max_input_len and max_target_len must be positive, got {max_input_len}, {max_target_len}")
   if spec.token_label_names and input_prefix is not None:
@@ -166,8 +164,9 @@ def featurize(
     try:
       if spec.token_label_names:
         example = _tagged_example(record, spec, template, codec)
-      elif spec.pattern:
-        inputs = codec.encode_input(cloze.text_input(record, spec, codec))
+      elif spec.pattern:  # a prefix: LM-BFF's demonstrations on text families (demonstrations.py)
+        prefix = input_prefix(position) if input_prefix else ""
+        inputs = codec.encode_input(prefix + cloze.text_input(record, spec, codec))
         # Each example's own choices (COPA) are its "verbalizer": the gold one is its target.
         choices = [codec.encode_label(text) for text in cloze.candidate_texts(record, spec, codec)]
         example = _labelled_example(record, spec, inputs, [], choices or verbalized)._replace(candidates=tuple(choices))
@@ -222,26 +221,39 @@ def _cloze_features(
     raise ValueError(f"Task {spec.name!r}: in-context demonstrations are not supported with a cloze pattern")
   if spec.flatten == "multirc":
     records = flatten_multirc(records)
-  num_masks = 1 if spec.candidates else cloze.label_words(spec, codec.cloze, multi_token).num_masks
+  num_masks = cloze_mask_count(spec, codec, multi_token)
   stats, features = FeatureStats(records=len(records)), []
   for position, record in enumerate(records):
     try:
-      example = cloze.encode_example(record, spec, codec.cloze, num_masks, max_input_len)
-      raw = record.fields.get(spec.label_field)
-      unlabeled = raw is None or (raw == "" if spec.bounds else isinstance(raw, numbers.Integral) and raw == -1)
-      score = float("nan") if unlabeled or not spec.bounds else _score(raw, spec, record.where)
-      label = -1 if unlabeled or spec.bounds else label_index(raw, spec, record.where)
+      feature, truncated = cloze_feature(record, spec, codec, num_masks, max_input_len, position)
     except DataError as e:
       stats.skip(e, skip_bad_examples)
       continue
     stats.kept += 1
-    stats.unlabeled += unlabeled
-    stats.truncated_inputs += example.truncated
-    stats.longest_input = max(stats.longest_input, len(example.ids))
-    group = int(record.fields["group"]) if spec.flatten == "multirc" else position
-    features.append(Feature(example.ids, [], label, group, token_types=example.token_types,
-                            mask_positions=example.mask_positions, candidates=example.candidates, score=score))
+    stats.unlabeled += feature.label == -1 and not np.isfinite(feature.score)
+    stats.truncated_inputs += truncated
+    stats.longest_input = max(stats.longest_input, len(feature.inputs))
+    features.append(feature)
   return features, stats
+
+
+def cloze_mask_count(spec: TaskSpec, codec: TextCodec, multi_token: bool) -> int:
+  """The mask block's size: the longest label word's tokens (1 with per-example candidates, which size it per example)."""
+  return 1 if spec.candidates else cloze.label_words(spec, codec.cloze, multi_token).num_masks
+
+
+def cloze_feature(record: Record, spec: TaskSpec, codec: TextCodec, num_masks: int, max_input_len: int, position: int,
+                  pattern: cloze.ClozePattern | None = None) -> tuple[Feature, bool]:
+  """(the feature, whether its input was cut) of one record of a cloze task on a masked LM, with the
+  task's pattern or `pattern` (LM-BFF's demonstrations appended); DataError when it is bad."""
+  example = cloze.encode_example(record, spec, codec.cloze, num_masks, max_input_len, pattern)
+  raw = record.fields.get(spec.label_field)
+  unlabeled = raw is None or (raw == "" if spec.bounds else isinstance(raw, numbers.Integral) and raw == -1)
+  score = float("nan") if unlabeled or not spec.bounds else _score(raw, spec, record.where)
+  label = -1 if unlabeled or spec.bounds else label_index(raw, spec, record.where)
+  group = int(record.fields["group"]) if spec.flatten == "multirc" else position
+  return Feature(example.ids, [], label, group, token_types=example.token_types, mask_positions=example.mask_positions,
+                 candidates=example.candidates, score=score), example.truncated
 
 
 def _score(raw: Any, spec: TaskSpec, where: str) -> float:

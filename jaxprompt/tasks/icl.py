@@ -21,6 +21,9 @@ class Demonstrations:
   def __init__(self, pool: Sequence[Record], spec: TaskSpec, k: int, seed: int, separator: str = "\n\n"):
     if spec.token_label_names:
       raise ValueError(f"Task {spec.name!r} labels tokens: it has no text answers to demonstrate")
+    if spec.pattern:
+      raise ValueError(f"Task {spec.name!r} has a cloze pattern: its demonstrations are config.demonstrations"
+                       " (LM-BFF's, one per class), not config.icl's")
     if spec.flatten == "multirc":
       pool = flatten_multirc(pool)
     template = Template(spec.template)

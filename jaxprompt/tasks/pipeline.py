@@ -27,7 +27,7 @@ import bisect
 import dataclasses
 import functools
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import grain
 import jax
@@ -117,11 +117,14 @@ def train_iterator(
     process_count: int = 1,
     pad_inputs_left: bool = False,
     length_window: int = 0,
+    render: Callable[[int, int], Feature] | None = None,
 ) -> grain.DatasetIterator:
   """An endless stream of this process's local batches, reshuffled every epoch from `seed`.
 
   Epochs follow each other without a gap, so a batch may straddle two. `length_window` K >= 2
   groups examples of similar length into batches, K batches at a time (0 or 1: random batches).
+  With `render`, the j-th draw of the stream, example i, is `render(i, j)` instead of features[i]
+  (LM-BFF's demonstrations, drawn anew at every draw); `features` then only fix the batch shapes.
   `get_state()` is a small JSON-serialisable dict; `set_state()` on a fresh iterator continues the
   stream exactly.
   """
@@ -132,12 +135,35 @@ def train_iterator(
   if length_window < 0:
     raise ValueError(f"length_window={length_window} must be 0 (off) or the number of batches sorted together")
   ids = grain.MapDataset.source(range(len(features))).seed(seed).shuffle().repeat(None)
+  if render is not None:
+    if length_window > 1:
+      raise ValueError("length_window groups examples by their length, which rendering at each draw changes")
+    rendered = _RenderedBatches(ids, render, batcher, global_batch_size)
+    return iter(grain.MapDataset.range(0, sys.maxsize).map(rendered).to_iter_dataset(_READ_OPTIONS))
   if length_window <= 1:
     batch_ids = ids.batch(global_batch_size, batch_fn=np.asarray)
   else:
     windows = _LengthSortedWindows(ids, batcher.input_lens, global_batch_size, length_window, seed)
     batch_ids = grain.MapDataset.range(0, sys.maxsize).map(windows.batch_ids)
   return iter(batch_ids.map(batcher).to_iter_dataset(_READ_OPTIONS))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _RenderedBatches:
+  """Batch i of a stream whose draws are rendered as they are drawn: draw j is render(ids[j], j)."""
+
+  ids: grain.MapDataset  # the shuffled, endlessly repeated example ids
+  render: Callable[[int, int], Feature]
+  batcher: _Batcher  # its shapes (mask block, choices, buckets) and this process's rows
+  batch_size: int
+
+  def __call__(self, i: int) -> dict[str, np.ndarray]:
+    draws = range(i * self.batch_size, (i + 1) * self.batch_size)
+    features = [self.render(self.ids[j], j) for j in draws]
+    lens = np.array([len(f.inputs) for f in features])
+    if lens.max() > self.batcher.buckets[-1]:
+      raise ValueError(f"a rendered example has {lens.max()} input tokens, more than {self.batcher.buckets[-1]}")
+    return dataclasses.replace(self.batcher, features=features, input_lens=lens)(np.arange(self.batch_size))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

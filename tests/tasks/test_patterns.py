@@ -231,8 +231,10 @@ def test_byte_level_segments_keep_pet_spaces(roberta):
 # LM-BFF templates
 
 
-def lm_bff_reference(template: str, texts: list[str], ref, first: int | None, other: int | None) -> tuple[list[int], list[int]]:
-  """LM-BFF's tokenize_multipart_input (prompt=True, no demonstrations, before padding and truncation)."""
+def lm_bff_reference(template: str, texts: list[str], ref, first: int | None, other: int | None,
+                     label_word_ids: list[int] = ()) -> tuple[list[int], list[int]]:
+  """LM-BFF's tokenize_multipart_input (prompt=True, before padding and truncation); `label_word_ids`
+  for the label_i pieces of demonstrations."""
   enc = lambda text: ref.encode(text, add_special_tokens=False)
   ids, types, segment = [], [], 0
   for part in template.split("*"):
@@ -240,6 +242,8 @@ def lm_bff_reference(template: str, texts: list[str], ref, first: int | None, ot
     if part in ("cls", "mask", "sep", "sep+"):
       new = [{"cls": ref.cls_token_id, "mask": ref.mask_token_id}.get(part, ref.sep_token_id)]
       plus = part == "sep+"
+    elif part[:6] == "label_":
+      new = [label_word_ids[int(part.split("_")[1])]]
     elif part[:4] == "sent" or part[1:5] == "sent":
       text = texts[int(part.split("_")[1])]
       kind = part.split("_")[0].lstrip("+")[len("sent"):]  # "", "-", "l", "l-" or "u"
