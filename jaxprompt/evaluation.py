@@ -101,12 +101,15 @@ def evaluate_task(
 
 def _mean_over_demonstration_sets(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """One row per example (group) from its rows with several sets of demonstrations: their class
-  scores averaged (LM-BFF's run.py averages the label-word logits), the rest the example's own."""
+  scores averaged (LM-BFF's run.py averages the label-word logits; on T5 and decoders, the label
+  texts' log-probabilities), the rest the first set's (so a text family's loss and exact match
+  are its first set's)."""
   groups, first, which = np.unique(cols["group"], return_index=True, return_inverse=True)
   out = {name: values[first] for name, values in cols.items()}
-  sums = np.zeros((len(groups), cols["class_logits"].shape[1]), np.float64)
-  np.add.at(sums, which, cols["class_logits"])
-  out["class_logits"] = (sums / np.bincount(which)[:, None]).astype(np.float32)
+  key = "class_logits" if "class_logits" in cols else "label_scores"
+  sums = np.zeros((len(groups), cols[key].shape[1]), np.float64)
+  np.add.at(sums, which, cols[key])
+  out[key] = (sums / np.bincount(which)[:, None]).astype(np.float32)
   return out
 
 

@@ -313,6 +313,8 @@ def task_features(exp: Experiment, task: TaskData, split: str) -> list[features_
   data, shots = exp.config.data, exp.config.icl
   source = task.train if split == "train" else task.eval
   records = readers.read_records(source)
+  if split == "train":
+    records = features_lib.with_mirrored_choices(records, task.spec)
   prefix = None
   if split == "eval" and shots.num_shots:
     pool = readers.read_records(task.train)
@@ -388,7 +390,8 @@ def unlabeled_features(exp: Experiment) -> list[features_lib.Feature] | None:
   (task,) = exp.tasks  # the cloze objective trains one task
   source = task_spec.data_source_from_config(exp.config.data.unlabeled)
   data = exp.config.data
-  feats, stats = features_lib.featurize(readers.read_records(source), task.spec, exp.backbone.codec, data.max_input_len,
+  records = features_lib.with_mirrored_choices(readers.read_records(source), task.spec)
+  feats, stats = features_lib.featurize(records, task.spec, exp.backbone.codec, data.max_input_len,
                                         data.max_target_len, data.skip_bad_examples, None, exp.config.cloze.multi_token)
   log.info("unlabeled data (%s): %s", source, stats.summary())
   if not feats:

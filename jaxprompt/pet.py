@@ -8,13 +8,13 @@ on from its last checkpoint. The report is DIR/report.md.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 from absl import app, flags
 from etils import epath
 from ml_collections import config_flags
 
+from jaxprompt import cli
 from jaxprompt.fewshot.pet_pipeline import Pipeline
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Pipeline config file (configs/pet.py[:args]).",
@@ -23,12 +23,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where every model's run, the sc
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if _WORKDIR.value is None:
-    raise app.UsageError("--workdir is required")
-  logging.getLogger().setLevel(logging.WARNING)  # Orbax and grain are chatty at INFO
-  logging.getLogger("jaxprompt").setLevel(logging.INFO)
+  cli.start(argv, _WORKDIR.value)
   numbers = Pipeline(_CONFIG.value, epath.Path(_WORKDIR.value)).run()
   print((epath.Path(_WORKDIR.value) / "report.md").read_text())
   print(f"ensemble {numbers['ensemble']}; distilled {numbers['distilled']}")

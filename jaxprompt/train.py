@@ -7,14 +7,13 @@ TPU pod slice or a multi-node GPU job every process runs the same command (jaxpr
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxprompt import distributed
+from jaxprompt import cli, distributed
 from jaxprompt.training import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file (configs/*.py[:args]).", lock_config=True)
@@ -27,12 +26,7 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's index, 0..n
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if _WORKDIR.value is None:
-    raise app.UsageError("--workdir is required")
-  logging.getLogger().setLevel(logging.WARNING)  # Orbax and grain are chatty at INFO
-  logging.getLogger("jaxprompt").setLevel(logging.INFO)
+  cli.start(argv, _WORKDIR.value)
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   if jax.process_index() == 0:

@@ -112,6 +112,12 @@ def _mask_logits(model: nn.Module, frozen: Any, prompt, rngs, token_ids_W: jax.A
   return mask_logits
 
 
+def bare_mask_logits(model: nn.Module, frozen: Any, token_ids_W: jax.Array | None = None):
+  """The model's multi_mask.MaskLogits with no prompt and no dropout (LM-BFF's zero-shot label
+  search): [N, K, V] over the whole vocabulary, or [N, K, W] over the tokens `token_ids_W`."""
+  return _mask_logits(model, frozen, None, None, token_ids_W)
+
+
 def _choices(batch: Batch, labels: ClozeLabels) -> tuple[jax.Array, jax.Array]:
   """Candidates [B, C, K] and their mask: the batch's own, or the verbalizer's for every example."""
   if labels.words is None:

@@ -41,6 +41,7 @@ class ClozePreset:
   # LM-BFF templates: the fields sent_0, sent_1, ... read, and first_sent_limit / other_sent_limit.
   pattern_fields: tuple[str, ...] = ()
   sentence_limits: tuple[int, ...] = ()
+  mirror_choices: bool = False  # PET's COPA: training records doubled with their two choices swapped
 
   def __post_init__(self):
     if not self.candidates and len(self.verbalizer) != len(self.label_names):
@@ -78,7 +79,7 @@ class ClozePreset:
                     verbalizer=tuple(w[0] if len(w) == 1 else w for w in self.verbalizer), label_field=self.label_field,
                     metric=metric, flatten=self.flatten, pattern_fields=self.pattern_fields,
                     sentence_limits=self.sentence_limits, candidates=tuple(str(c)[1:-1] for c in self.candidates),
-                    prepare=prepare, bounds=self.bounds or ())
+                    prepare=prepare, bounds=self.bounds or (), mirror_choices=self.mirror_choices)
 
 
 def mark_wsc_pronoun(record: Record) -> Record:
@@ -188,7 +189,8 @@ PET_PATTERNS: dict[tuple[str, int], ClozePreset] = {
                     1: "{choice1|lower_first|rstrip_punct} or {choice2|lower_first|rstrip_punct} ?"
                        " {~premise|rstrip_punct} {question|because_or_so} [MASK] ."},
            ("0", "1"), _all((), range(2)),
-           candidates=(parse_slot("choice1|lower_first|rstrip_punct"), parse_slot("choice2|lower_first|rstrip_punct"))),
+           candidates=(parse_slot("choice1|lower_first|rstrip_punct"), parse_slot("choice2|lower_first|rstrip_punct")),
+           mirror_choices=True),
     # The mask block holds the referent (span1), plus PET's padding masks; "." follows it unspaced.
     **_pet("wsc", {0: "{~marked_text} The pronoun '*{target.span2_text}*' refers to [MASK].",
                    1: "{~marked_text} In the previous sentence, the pronoun '*{target.span2_text}*' refers to [MASK].",

@@ -120,6 +120,22 @@ def label_index(raw: Any, spec: TaskSpec, where: str) -> int:
   )
 
 
+def with_mirrored_choices(records: list[Record], spec) -> list[Record]:
+  """The records, then their mirrors: the two candidates' fields swapped, the label flipped (PET's
+  COPA training and unlabeled sets, pet/tasks.py); an unlabeled record's mirror has no label."""
+  if not spec.mirror_choices:
+    return records
+  first, second = (slot.path for slot in cloze.candidate_slots(spec))
+  mirrors = []
+  for record in records:
+    fields, raw = dict(record.fields), record.fields.get(spec.label_field)
+    fields[first], fields[second] = record.fields[second], record.fields[first]
+    if raw is not None and raw != -1:
+      fields[spec.label_field] = 1 - label_index(raw, spec, record.where)
+    mirrors.append(Record(fields, f"{record.where} (mirrored)"))
+  return list(records) + mirrors
+
+
 def featurize(
     records: Sequence[Record],
     spec: TaskSpec,

@@ -43,6 +43,9 @@ class TaskSpec:
   task is a regression (LM-BFF's STS-B): the label field is a score, and the two classes' label
   words are its poles, interpolated.
 
+  With `mirror_choices` (PET's COPA), the training and unlabeled records are doubled with mirrored
+  copies: their two candidates' fields swapped and the label flipped.
+
   A distillation set (PET's final classifier) has a `teacher_field`: the record field holding the
   teacher's scores, one per class; a method with a head then trains on them (KL at temperature T,
   times T²) instead of on labels.
@@ -64,6 +67,7 @@ class TaskSpec:
   prepare: str = ""
   bounds: tuple[float, ...] = ()
   teacher_field: str = ""
+  mirror_choices: bool = False
 
   def __post_init__(self):
     for key in ("label_names", "token_label_names", "pattern_fields", "candidates"):
@@ -126,6 +130,9 @@ class TaskSpec:
     cloze.pattern_of(self)  # parse errors name the pattern
     if self.template or self.target_template is not None or self.token_label_names:
       raise ValueError(f"Task {self.name!r} has a cloze pattern: it takes no template, target_template or token labels")
+    top_level = all("." not in c.split("|")[0] for c in self.candidates)
+    if self.mirror_choices and (len(self.candidates) != 2 or not top_level):
+      raise ValueError(f"Task {self.name!r}: mirror_choices swaps two candidates' fields; it has {self.candidates}")
     if self.candidates:
       if self.verbalizer:
         raise ValueError(f"Task {self.name!r}: candidates fill the mask block; a verbalizer does not apply as well")

@@ -14,7 +14,7 @@ from configs import pet
 from jaxprompt import training
 from jaxprompt.checkpoint import load_export
 from jaxprompt.fewshot import merge, pet_pipeline
-from jaxprompt.fewshot.pet_pipeline import Member, Pipeline
+from jaxprompt.fewshot.pet_pipeline import Pipeline
 from tests.conftest import SHARED_DATA
 from tests.method_runs import tiny_mlm
 from tests.run_configs import apply_overrides

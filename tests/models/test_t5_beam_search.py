@@ -197,11 +197,10 @@ def test_hypotheses_in_parts_end_with_their_last_part(params, shared):
   for b in range(len(tokens)):
     _assert_top(tokens[b], scores[b], seqs, exhaustive[b])
   tokens = np.asarray(tokens)
-  finished = ~_live(tokens.reshape(-1, LENGTH), parts)[:, -1] | (tokens.reshape(-1, LENGTH)[:, -1] != PAD)
-  assert finished.all(), "every beam is finished or ran to the cap"
-  one_token_ends = (np.isin(tokens[..., 0], (4, EOS)) & np.isin(tokens[..., 1], (5, EOS))).any()
-  plain_four = (tokens[..., 1:] == 4).any()
-  assert one_token_ends and plain_four, "the top beams should both end their parts early and read 4 as text"
+  first_ends = np.isin(tokens[..., 0], (4, EOS))
+  assert (first_ends & np.isin(tokens[..., 1], (5, EOS))).any(), "some top beams should end after two tokens"
+  plain = (tokens[..., 0] == 5) | (first_ends & (tokens[..., 1] == 4))
+  assert plain.any(), "some top beams should hold another part's end id as a plain token"
   with pytest.raises(ValueError, match="not both"):
     BeamSpec(2, 3, end_ids=(EOS,), part_end_ids=parts)
 

@@ -10,7 +10,6 @@ import functools
 import flax.linen as nn
 import jax
 import jax.extend
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch

@@ -30,6 +30,14 @@ def bert_tokenizer() -> HFTokenizer:
 
 
 @pytest.fixture(scope="session")
+def bert() -> tuple:
+  """MiniLM's WordPiece vocabulary: ours, and transformers' reading of the same files (the reference)."""
+  import transformers  # noqa: PLC0415 - only the tests that compare against it pay its import
+
+  return load_hf_tokenizer(minilm_dir()), transformers.AutoTokenizer.from_pretrained(str(minilm_dir()))
+
+
+@pytest.fixture(scope="session")
 def smollm_tokenizer() -> HFTokenizer:
   """SmolLM2-135M's byte-level BPE vocabulary, from its GGUF file."""
   return gguf_tokenizer(smollm2_gguf())

@@ -11,7 +11,7 @@ import pytest
 from jaxprompt.backbones import FAMILIES
 from jaxprompt.tasks import cloze, pipeline, readers
 from jaxprompt.tasks.cloze_presets import LM_BFF_PRESETS, PET_PATTERNS
-from jaxprompt.tasks.features import featurize
+from jaxprompt.tasks.features import featurize, with_mirrored_choices
 from jaxprompt.tasks.records import DataError
 from jaxprompt.tasks.task_spec import DataSource, TaskSpec
 from tests.assets import minilm_dir
@@ -131,3 +131,19 @@ def test_a_regression_reads_scores_within_its_bounds(tmp_path, mlm_codec):
   path.write_text("sentence1\tsentence2\tscore\nA man plays.\tA man sings.\t7.5\n")
   with pytest.raises(DataError, match=r"stsb.tsv:2: the score 7.5 of regression task 'stsb' is outside its bounds"):
     featurize(readers.read_records(DataSource("tsv", (str(path),))), spec, mlm_codec, 64, 1)
+
+
+def test_copas_training_records_are_doubled_with_their_choices_mirrored(shared_data):
+  spec = PET_PATTERNS["copa", 0].task_spec("copa")
+  assert spec.mirror_choices
+  records = _records(shared_data, "superglue/COPA", "train32.jsonl", limit=4)
+  doubled = with_mirrored_choices(records, spec)
+  assert doubled[:4] == records and len(doubled) == 8  # PET appends the mirrors after the originals
+  for original, mirror in zip(records, doubled[4:]):
+    assert (mirror.fields["choice1"], mirror.fields["choice2"]) == (original.fields["choice2"], original.fields["choice1"])
+    assert mirror.fields["label"] == 1 - original.fields["label"] and mirror.fields["premise"] == original.fields["premise"]
+    assert mirror.where == original.where + " (mirrored)"
+  unlabeled = _records(shared_data, "superglue/COPA", "unlabeled.jsonl", limit=2)
+  assert all("label" not in r.fields for r in with_mirrored_choices(unlabeled, spec)[2:])
+  rte = PET_PATTERNS["rte", 0].task_spec("rte")
+  assert with_mirrored_choices(records, rte) is records  # only a task that asks for it

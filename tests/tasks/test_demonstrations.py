@@ -15,7 +15,7 @@ from jaxprompt.tasks import cloze
 from jaxprompt.tasks.cloze_presets import LM_BFF_PRESETS
 from jaxprompt.tasks.demonstrations import Demonstrations
 from jaxprompt.tasks.records import Record
-from tests.tasks.test_patterns import bert, lm_bff_reference  # noqa: F401 - bert is a fixture
+from tests.tasks.test_patterns import lm_bff_reference
 
 
 def lm_bff_demo_template(template: str, num_labels: int) -> str:

@@ -14,7 +14,6 @@ from jaxprompt.tasks.lm_bff_templates import parse_lm_bff
 from jaxprompt.tasks.patterns import ClozeTokens, Mask, Slot, Special, Text, VocabToken, parse_pattern, parse_slot
 from jaxprompt.tasks.records import DataError, Record
 from jaxprompt.weights.hf_tokenizer import HFTokenizer, load_hf_tokenizer
-from tests.assets import minilm_dir
 
 
 class WordTokens:
@@ -71,11 +70,6 @@ def superglue_texts(shared_data: Path, lines: int = 60) -> list[str]:
 @pytest.fixture(scope="module")
 def roberta(shared_data, tmp_path_factory):
   return train_byte_level(tmp_path_factory.mktemp("bpe"), superglue_texts(shared_data))
-
-
-@pytest.fixture(scope="module")
-def bert():
-  return load_hf_tokenizer(minilm_dir()), transformers.AutoTokenizer.from_pretrained(str(minilm_dir()))
 
 
 # ---------------------------------------------------------------------------------------------
