@@ -3,11 +3,15 @@ src/label_search.py): which one-token word per class a cloze pattern is best ver
 
 1. The pretrained MLM, with no prompt, reads every training example through the task's pattern;
    its logits at the mask over the whole vocabulary are summed per class on the device, batch by
-   batch: neither [B, L, V] on the device nor [N, V] on the host.
+   batch: neither [B, L, V] on the device nor [N, V] on the host. A decoder (Llama, SmolLM2) reads
+   the pattern's text up to the mask and a label word continues it (tasks/cloze.py): its "mask
+   logits" are the next-token logits after the last input token, the last column of its
+   left-padded inputs, whose state alone is projected. T5, whose answer is a span after its
+   sentinel, is not searched.
 2. Per class the vocabulary is ranked by the mean logit over the class's examples (LM-BFF's code),
    which is the paper's summed log-probability ranking: log p(v | x) = logit(v | x) - log Z(x),
    and log Z(x) is the same for every token v. The top k word-initial tokens are the candidates;
-   optionally (LM-BFF's TREC) re-ranked by cosine similarity to the manual word in the MLM head's
+   optionally (LM-BFF's TREC) re-ranked by cosine similarity to the manual word in the LM head's
    output-embedding space, and the nearest kept.
 3. Every mapping of the Cartesian product of the classes' candidates is scored on the training
    set, by the zero-shot accuracy of the argmax among its words' logits (a second pass reads just
@@ -42,8 +46,10 @@ from jax.experimental import multihost_utils
 
 from jaxprompt import experiment
 from jaxprompt import sharding as sharding_lib
+from jaxprompt.objectives import causal_lm
 from jaxprompt.objectives import cloze as cloze_objective
-from jaxprompt.tasks import pipeline, task_spec
+from jaxprompt.tasks import cloze, pipeline, task_spec
+from jaxprompt.tasks.codec import TextCodec
 from jaxprompt.tasks.features import Feature
 
 log = logging.getLogger(__name__)
@@ -85,25 +91,27 @@ def search_label_words(exp: experiment.Experiment, weights: Any = None, features
   if len(exp.tasks) != 1:
     raise ValueError(f"the label search reads one task; config.mixture names {len(exp.tasks)}")
   (task,) = exp.tasks
-  spec, tokens = task.spec, exp.backbone.codec.cloze
-  if tokens is None or not spec.pattern or spec.candidates:
-    raise ValueError(f"Task {spec.name!r}: the label search verbalizes a cloze pattern's one mask on a masked LM")
+  spec = task.spec
+  if not spec.pattern or spec.candidates:
+    raise ValueError(f"Task {spec.name!r}: the label search verbalizes a cloze pattern's one mask, with no"
+                     " per-example candidates")
+  reader = answer_reader(exp)
   weights = exp.merged(exp.pretrained) if weights is None else weights
   features = experiment.task_features(exp, task, "train") if features is None else features
   features, classes_N, targets_N = search_targets(spec, features)
-  if any(len(f.mask_positions) != 1 for f in features):
+  # A masked LM's inputs have a mask per label-word token; a decoder's none (its answer follows them).
+  if any(len(f.mask_positions) > 1 for f in features):
     raise ValueError(f"Task {spec.name!r}: the label search fills one mask; the pattern's inputs have several")
   num_classes, metric = len(spec.label_names), "pearson" if spec.bounds else "accuracy"
   counts_C = np.bincount(classes_N, minlength=num_classes)
   if not counts_C.all():
     raise ValueError(f"Task {spec.name!r}: no training example of class {spec.label_names[int(np.argmin(counts_C))]!r}")
   sums_CxV = class_logit_sums(exp, weights, features, classes_N, num_classes)
-  words_V = vocabulary_words(exp.backbone.tokenizer, tokens.word_ids, sums_CxV.shape[1])
+  words_V = vocabulary_words(exp.backbone.tokenizer, reader.word_ids, sums_CxV.shape[1])
   candidates = top_candidates(sums_CxV / counts_C[:, None], np.array([w is not None for w in words_V]), k)
   if seed_neighbours:
-    embedding_VxD = exp.backbone.family.embedding(weights)  # tied: the MLM head's output embeddings
-    rows_of = lambda ids: _host(jnp.take(embedding_VxD, jnp.asarray(ids, jnp.int32), axis=0))
-    candidates = nearest_to_seeds(candidates, seed_ids(spec, tokens.word_ids), rows_of, seed_neighbours)
+    rows_of = lambda ids: _host(reader.output_rows(weights, jnp.asarray(ids, jnp.int32)))
+    candidates = nearest_to_seeds(candidates, seed_ids(spec, reader.word_ids), rows_of, seed_neighbours)
   for name, ids in zip(spec.label_names, candidates, strict=True):
     log.info("label search %s, class %r: %s", spec.name, name, " ".join(words_V[t] for t in ids[:10]))
   token_ids_W = np.unique(np.concatenate(candidates))
@@ -146,20 +154,70 @@ def _global_batches(exp: experiment.Experiment, features: Sequence[Feature]) -> 
     yield pipeline.to_global(local, exp.batch_sharding)
 
 
-def _mask_inputs(batch: dict[str, jax.Array]) -> tuple[jax.Array, ...]:
-  return batch["inputs"], batch["input_mask"], batch["token_types"], batch["mask_positions"][:, :1]
+@dataclasses.dataclass(frozen=True)
+class _MaskedLM:
+  """A masked LM reads the answer at the pattern's one [MASK]: answer_logits [B, V], or [B, W] over
+  the tokens token_ids_W; output_rows [W, D], the vectors LM-BFF's seed neighbours compare."""
+
+  model: Any
+  family: Any
+  tokens: Any  # the codec's patterns.ClozeTokens
+
+  def word_ids(self, word: str) -> list[int]:
+    return self.tokens.word_ids(word)
+
+  def answer_logits(self, weights: Any, batch: dict[str, jax.Array], token_ids_W: jax.Array | None = None) -> jax.Array:
+    inputs = batch["inputs"], batch["input_mask"], batch["token_types"], batch["mask_positions"][:, :1]
+    return cloze_objective.bare_mask_logits(self.model, weights, token_ids_W)(*inputs)[:, 0]
+
+  def output_rows(self, weights: Any, token_ids_W: jax.Array) -> jax.Array:
+    return jnp.take(self.family.embedding(weights), token_ids_W, axis=0)  # tied: the MLM head's output embeddings
 
 
-def _class_sums(weights: Any, batch: dict[str, jax.Array], *, model, num_classes: int) -> jax.Array:
-  """[C, V]: the batch's mask logits over the vocabulary, summed per class (its `label`)."""
-  logits_BxV = cloze_objective.bare_mask_logits(model, weights)(*_mask_inputs(batch))[:, 0]
+@dataclasses.dataclass(frozen=True)
+class _Decoder:
+  """A decoder reads the answer as the token after the pattern's text up to the mask (the last
+  column of its left-padded inputs); its answer_logits and output_rows as _MaskedLM's."""
+
+  model: Any
+  codec: TextCodec
+  hidden_dim: int
+
+  def word_ids(self, word: str) -> list[int]:
+    # As cloze.label_texts writes a decoder's label word, continuing the input: codec.word_prefix
+    # first, so byte-level BPE spells the word's leading space into its one token ('Ġgreat').
+    return self.codec.encode_label(self.codec.word_prefix + word)
+
+  def answer_logits(self, weights: Any, batch: dict[str, jax.Array], token_ids_W: jax.Array | None = None) -> jax.Array:
+    return causal_lm.bare_next_token_logits(self.model, weights, batch["inputs"], batch["input_mask"], token_ids_W)
+
+  def output_rows(self, weights: Any, token_ids_W: jax.Array) -> jax.Array:
+    # The LM head's columns, tied or not: the logits its projection gives the unit vectors.
+    eye_DxD = jnp.eye(self.hidden_dim, dtype=jnp.float32)
+    return self.model.apply(weights, eye_DxD, token_ids_W, method=type(self.model).logits_for).T
+
+
+def answer_reader(exp: experiment.Experiment) -> _MaskedLM | _Decoder:
+  """How the run's backbone reads the answer of its one task's pattern: a masked LM fills its
+  [MASK] (the codec has a cloze layout), a decoder continues the text (a text family without
+  T5's sentinels)."""
+  backbone, spec = exp.backbone, exp.tasks[0].spec
+  codec = backbone.codec
+  if codec.cloze is not None:
+    return _MaskedLM(backbone.model, backbone.family, codec.cloze)
+  if codec.cloze_sentinels:
+    raise ValueError(f"Task {spec.name!r}: the label search does not run on T5: its answer is a span after"
+                     f" the sentinel {codec.cloze_sentinels[0]}, not one token at one position; use a masked LM"
+                     " or a decoder")
+  cloze.check_text_family(spec, codec)
+  return _Decoder(backbone.model, codec, backbone.hidden_dim)
+
+
+def _class_sums(weights: Any, batch: dict[str, jax.Array], *, reader, num_classes: int) -> jax.Array:
+  """[C, V]: the batch's answer logits over the vocabulary, summed per class (its `label`)."""
+  logits_BxV = reader.answer_logits(weights, batch)
   class_B = jnp.where(batch["example_mask"], batch["label"], num_classes)  # padding rows: a segment dropped
   return jax.ops.segment_sum(logits_BxV, class_B, num_segments=num_classes + 1)[:num_classes]
-
-
-def _candidate_logits(weights: Any, batch: dict[str, jax.Array], token_ids_W: jax.Array, *, model) -> jax.Array:
-  """[B, W]: the batch's mask logits of the tokens `token_ids_W` alone."""
-  return cloze_objective.bare_mask_logits(model, weights, token_ids_W)(*_mask_inputs(batch))[:, 0]
 
 
 def _length_order(features: Sequence[Feature]) -> np.ndarray:
@@ -168,8 +226,8 @@ def _length_order(features: Sequence[Feature]) -> np.ndarray:
 
 def class_logit_sums(exp: experiment.Experiment, weights: Any, features: Sequence[Feature], classes_N: np.ndarray,
                      num_classes: int) -> np.ndarray:
-  """[C, V] float64: per class, its examples' zero-shot mask logits over the whole vocabulary, summed."""
-  step = jax.jit(functools.partial(_class_sums, model=exp.backbone.model, num_classes=num_classes))
+  """[C, V] float64: per class, its examples' zero-shot answer logits over the whole vocabulary, summed."""
+  step = jax.jit(functools.partial(_class_sums, reader=answer_reader(exp), num_classes=num_classes))
   classed = [dataclasses.replace(features[i], label=int(classes_N[i])) for i in _length_order(features)]
   sums_CxV = None
   with sharding_lib.activate(exp.mesh, exp.rules):
@@ -181,8 +239,8 @@ def class_logit_sums(exp: experiment.Experiment, weights: Any, features: Sequenc
 
 def candidate_logits(exp: experiment.Experiment, weights: Any, features: Sequence[Feature],
                      token_ids_W: np.ndarray) -> np.ndarray:
-  """[N, W] float32: the zero-shot mask logits of the tokens `token_ids_W`, in the features' order."""
-  step = jax.jit(functools.partial(_candidate_logits, model=exp.backbone.model))
+  """[N, W] float32: the zero-shot answer logits of the tokens `token_ids_W`, in the features' order."""
+  step = jax.jit(answer_reader(exp).answer_logits)
   order = _length_order(features)
   ids_W = jnp.asarray(token_ids_W, jnp.int32)
   rows, real = [], []
@@ -207,6 +265,9 @@ def vocabulary_words(tokenizer: Any, word_ids: Callable[[str], list[int]], vocab
       ([CLS], [MASK], ..., which decode to nothing) and the [unusedN] ones (which re-encode to
       several pieces); '...' drops out too, since it encodes as three '.'.
     SentencePiece (ALBERT): the '▁' tokens, by the same test (the word after the '▁').
+    a decoder's byte-level BPE (SmolLM2, Llama 3): its 'Ġ' tokens, as for RoBERTa, `word_ids`
+      being the word continuing the pattern (codec.word_prefix + word, as cloze.label_texts has
+      it), so that a word proposed is one token where the decoder scores it.
   Rows past the tokenizer's vocabulary (a model's padding of its embedding table) are no words.
   """
   words: list[str | None] = []

@@ -131,6 +131,17 @@ def eval_step(
   return out
 
 
+def bare_next_token_logits(model: Llama, frozen: Any, ids_BxL: jax.Array, mask_BxL: jax.Array,
+                           token_ids_W: jax.Array | None = None) -> jax.Array:
+  """The next-token logits after left-padded inputs, with no prompt (LM-BFF's zero-shot label
+  search): [B, V] over the whole vocabulary, or [B, W] over the tokens `token_ids_W`. Only the last
+  column's state is projected: no [B, L, V]."""
+  hidden_BxLxD, _, _ = model.apply(frozen, ids_BxL, mask_BxL)
+  if token_ids_W is None:
+    return model.apply(frozen, hidden_BxLxD[:, -1], method=Llama.logits)
+  return model.apply(frozen, hidden_BxLxD[:, -1], token_ids_W, method=Llama.logits_for)
+
+
 def labels(tasks, backbone, config) -> ContinuationLabels:
   """With config.loss_over='label_words' (PET's loss), the one token of each class's label words;
   for a cloze task with candidates, that the batch carries each example's choices."""

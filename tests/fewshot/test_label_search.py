@@ -1,12 +1,15 @@
 """LM-BFF's label-word search: on a random MLM rigged so that a known word wins the mask for each
 class, the search finds that mapping at rank 0; the product's scoring equals a brute-force loop;
 only word-initial tokens are proposed (WordPiece and byte-level BPE); the regression scoring
-against a hand computation; ties broken the documented way; the JSON round trip."""
+against a hand computation; ties broken the documented way; the JSON round trip. The same on a
+random decoder with SmolLM2's tokenizer, rigged so that its next token after the pattern's text
+depends on a class's marker word."""
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
 
 import jax
 import numpy as np
@@ -21,7 +24,7 @@ from jaxprompt.tasks.cloze_presets import LM_BFF_PRESETS
 from jaxprompt.tasks.features import Feature
 from jaxprompt.tasks.patterns import ClozeTokens
 from jaxprompt.weights.hf_tokenizer import load_hf_tokenizer
-from tests.assets import minilm_dir
+from tests.assets import minilm_dir, smollm2_gguf
 from tests.conftest import SHARED_DATA
 from tests.method_runs import small, tiny_mlm
 
@@ -78,10 +81,10 @@ def _rig(exp: experiment.Experiment) -> None:
   replace("token_embedder/embedding", words)
 
 
-def _experiment(folder, task: str, header: str, rows: list[str]):
-  """configs/cloze.py's LM-BFF recipe for `task`, shrunk (a tiny random MLM), training on `rows`."""
+def _experiment(folder, task: str, header: str, rows: list[str], backbone=tiny_mlm):
+  """configs/cloze.py's LM-BFF recipe for `task`, shrunk (`backbone`: a tiny random MLM), training on `rows`."""
   (folder / "train.tsv").write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
-  config = small(tiny_mlm(cloze_config.get_config(f"recipe=lm_bff,task={task},data=tfds")))
+  config = small(backbone(cloze_config.get_config(f"recipe=lm_bff,task={task},data=tfds")))
   for source in (config.data.train, config.data.eval):
     source.update(kind="tsv", files=(str(folder / "train.tsv"),), tfds_name="", split="")
   exp = experiment.build(config)
@@ -108,8 +111,11 @@ def test_the_search_finds_the_rigged_mapping_at_rank_0(rigged):
 
 
 def test_the_two_device_passes_agree(rigged):
+  _assert_the_two_device_passes_agree(*rigged)
+
+
+def _assert_the_two_device_passes_agree(exp, features, result):
   """The class means of the full-vocabulary pass equal those of the candidate columns read again."""
-  exp, features, result = rigged
   weights = exp.merged(exp.pretrained)
   _, classes, _ = label_search.search_targets(exp.tasks[0].spec, features)
   sums = label_search.class_logit_sums(exp, weights, features, classes, 2)
@@ -270,3 +276,139 @@ def test_seed_neighbours_keep_the_candidates_nearest_the_manual_word():
   candidates = [np.array([5, 1, 2, 3, 4])]  # in likelihood order
   kept = label_search.nearest_to_seeds(candidates, [0], lambda ids: table[ids], 3)
   np.testing.assert_array_equal(kept[0], [4, 2, 3])  # 2 and 3 point the same way: likelihood order
+
+
+# A decoder reads "<sentence> It was" and continues it: every input ends with " was", and the class
+# is carried by a marker word inside the sentence, which the rig routes to the last column.
+_MARKED = {"bad": ["a bad film", "the plot was bad", "such a bad story", "very bad acting", "a bad and boring script",
+                   "the jokes are bad", "it is a bad mess", "so bad"],
+           "good": ["a good film", "the plot was good", "such a good story", "very good acting", "a good and funny cast",
+                    "the jokes are good", "it is a good time", "so good"]}
+_MARKERS = ("bad", "good")
+_NOT_WORD_INITIAL = "great"  # the rig's favourite token for both classes: "great" without the 'Ġ'
+
+
+def _tiny_smollm(config):
+  """A random 2-layer Llama with SmolLM2's real tokenizer (byte-level BPE, 'Ġ' word starts)."""
+  config.model.family, config.model.checkpoint, config.model.size = "llama", "", "tiny"
+  config.model.tokenizer, config.model.dropout_rate = str(smollm2_gguf()), 0.0
+  return config
+
+
+def _rig_decoder(exp: experiment.Experiment) -> dict[str, int]:
+  """Makes the next-token logits after the last input token depend on the input's marker word:
+  class c's marker favours _WORDS[c], the other class's word second; the token 'great' (no 'Ġ')
+  beats both on every input. Returns the rigged tokens by name.
+
+  The MLPs add nothing (zero down projections); zero query and key kernels make attention uniform
+  over the tokens so far; head 0's values and output copy axes 0 and 1 of each token's normalised
+  state. Only the markers' embeddings have a component there (marker c: a large one along axis c),
+  so for class c the last column's state points along axis c. The LM head reads the two axes for
+  the rigged tokens alone: word c along axis c plus half the other, 'great' twice both."""
+  weights, codec = exp.pretrained, exp.backbone.codec
+  ids = {w: codec.encode_label(codec.word_prefix + w) for w in (*_WORDS, *_MARKERS)}
+  ids[_NOT_WORD_INITIAL] = codec.encode_label(_NOT_WORD_INITIAL)
+  assert all(len(i) == 1 for i in ids.values()), ids
+  ids = {w: i for w, (i,) in ids.items()}
+
+  def replace(path, update):
+    old = np.asarray(weights[path])
+    weights[path] = jax.device_put(update(old.copy()).astype(old.dtype), weights[path].sharding)
+
+  def embeddings(table_VxD):
+    table_VxD[:, :2] = 0.0
+    for c, marker in enumerate(_MARKERS):
+      table_VxD[ids[marker], c] = 10.0
+    return table_VxD
+
+  def copy_two_axes(kernel, into_value):
+    kernel[:] = 0.0
+    for axis in range(2):  # value kernel [layers, embed, kv_heads, kv]; out kernel [layers, heads, kv, embed]
+      kernel[(slice(None), axis, 0, axis) if into_value else (slice(None), 0, axis, axis)] = 1.0
+    return kernel
+
+  def head(kernel_DxV):
+    kernel_DxV[:2] = 0.0
+    for c, word in enumerate(_WORDS):
+      kernel_DxV[c, ids[word]], kernel_DxV[1 - c, ids[word]] = 10.0, 5.0
+    kernel_DxV[:2, ids[_NOT_WORD_INITIAL]] = 20.0
+    return kernel_DxV
+
+  for path in ("decoder/layers/mlp/down/kernel", "decoder/layers/attention/query/kernel",
+               "decoder/layers/attention/key/kernel"):
+    replace(path, np.zeros_like)
+  replace("decoder/layers/attention/value/kernel", lambda k: copy_two_axes(k, into_value=True))
+  replace("decoder/layers/attention/out/kernel", lambda k: copy_two_axes(k, into_value=False))
+  replace("token_embedder/embedding", embeddings)
+  replace("lm_head/kernel", head)
+  return ids
+
+
+@pytest.fixture(scope="module")
+def rigged_decoder(tmp_path_factory):
+  rows = [f"{s}\t{c}" for c, marker in enumerate(_MARKERS) for s in _MARKED[marker]]
+  exp, features = _experiment(tmp_path_factory.mktemp("sst2_decoder"), "sst2", "sentence\tlabel", rows, _tiny_smollm)
+  ids = _rig_decoder(exp)
+  marked = [{c for c, m in enumerate(_MARKERS) if ids[m] in f.inputs} for f in features]
+  assert marked == [{f.label} for f in features] and len(features) == 16
+  assert {exp.backbone.tokenizer.decode(f.inputs[-1:]) for f in features} == {" was"}  # the answer follows
+  return exp, features, ids, label_search.search_label_words(exp, k=5, n=25)
+
+
+def test_a_decoder_search_finds_the_rigged_mapping_at_rank_0(rigged_decoder):
+  _, _, ids, result = rigged_decoder
+  assert result.mappings[0].words == _WORDS and result.mappings[0].score == 1.0
+  assert result.mappings[0].token_ids == tuple(ids[w] for w in _WORDS)
+  assert [c[:2] for c in result.candidates] == [_WORDS, _WORDS[::-1]]
+  assert result.examples == 16 and result.metric == "accuracy" and len(result.mappings) == 25
+  assert {m.words: m.score for m in result.mappings}[_WORDS[::-1]] == 0.0
+  assert not any(_NOT_WORD_INITIAL in c for c in result.candidates)  # the best-scoring token is no label word
+
+
+def test_a_decoder_proposes_only_word_initial_single_tokens(rigged_decoder):
+  """SmolLM2's 'Ġ' tokens that decode to a word; each mapping continues the pattern as one token each."""
+  exp, _, _, result = rigged_decoder
+  tokenizer, codec = exp.backbone.tokenizer, exp.backbone.codec
+  vocab = {i: t for t, i in tokenizer.tokenizer.get_vocab(with_added_tokens=True).items()}
+  proposed = _proposed(tokenizer, label_search.answer_reader(exp).word_ids)
+  assert all(vocab[i].startswith("Ġ") and tokenizer.decode([i]) == " " + w for i, w in proposed.items())
+  # The 'Ġ' tokens left out decode to no word: runs of spaces and newlines, partial UTF-8 bytes.
+  left_out = {tokenizer.decode([i]) for i, t in vocab.items() if t.startswith("Ġ") and i not in proposed}
+  assert all(not text.strip() or "\ufffd" in text for text in left_out)
+  assert len(proposed) > 30_000 and not _specials(tokenizer) & set(proposed)
+  assert {w for c in result.candidates for w in c} <= set(proposed.values())
+  for mapping in result.mappings:
+    spec = label_search.with_label_words(exp.tasks[0].spec, mapping.words)
+    assert tuple(codec.encode_label(t) for t in cloze.label_texts(spec, codec)) == tuple([t] for t in mapping.token_ids)
+
+
+def test_the_decoder_s_two_device_passes_agree(rigged_decoder):
+  exp, features, _, result = rigged_decoder
+  _assert_the_two_device_passes_agree(exp, features, result)
+
+
+def test_the_decoder_projects_only_the_last_column(rigged_decoder):
+  """The full-vocabulary pass never holds [B, L, V] logits: only the answer position is projected."""
+  exp, features, _, _ = rigged_decoder
+  batch = next(label_search._global_batches(exp, features))
+  jaxpr = str(jax.make_jaxpr(label_search.answer_reader(exp).answer_logits)(exp.merged(exp.pretrained), batch))
+  vocab = exp.backbone.config.vocab_size
+  assert f"f32[8,{vocab}]" in jaxpr and not re.search(rf"\[\d+,\d+,{vocab}\]", jaxpr)
+
+
+def test_a_decoder_s_seed_neighbours_compare_its_lm_head_columns(rigged_decoder):
+  exp, features, _, result = rigged_decoder
+  seeded = label_search.search_label_words(exp, features=features, k=5, n=4, seed_neighbours=2)
+  columns = np.asarray(exp.pretrained["lm_head/kernel"]).T  # untied: not the input embeddings
+  word_id = lambda w: exp.backbone.codec.encode_label(" " + w)[0]
+  ids = [np.array([word_id(w) for w in words]) for words in result.candidates]
+  nearest = label_search.nearest_to_seeds(ids, [word_id(w) for w in ("terrible", "great")], lambda i: columns[i], 2)
+  assert seeded.candidates == tuple(tuple(exp.backbone.tokenizer.decode([t]).strip() for t in c) for c in nearest)
+
+
+def test_t5_s_sentinels_are_not_searched(rigged_decoder):
+  exp = rigged_decoder[0]
+  codec = dataclasses.replace(exp.backbone.codec, cloze_sentinels=("<extra_id_0>", "<extra_id_1>"))
+  t5_like = dataclasses.replace(exp, backbone=dataclasses.replace(exp.backbone, codec=codec))
+  with pytest.raises(ValueError, match="does not run on T5"):
+    label_search.search_label_words(t5_like)
