@@ -5,7 +5,7 @@
 
 Arguments after the colon (comma-separated key=value):
   recipe   pet (PET's patterns and verbalizers, pet/pvp.py) | lm_bff (LM-BFF's manual templates)
-  task     pet: agnews boolq cb copa rte wic multirc mnli yelp_polarity yelp_full yahoo;
+  task     pet: agnews agnews_text boolq cb copa rte wic wsc multirc mnli yelp_polarity yelp_full yahoo;
            lm_bff: sst2 sst5 mr cr mpqa subj trec cola mnli snli qnli rte mrpc qqp
   pattern  PET's pattern id (pet only; default 0)
   train    all (prompt-based fine-tuning of every weight, as both papers) | bias (biases only,
@@ -20,7 +20,9 @@ Fine-tuning follows the papers' code: AdamW at 1e-5 with linear decay to 0 and n
 weight decay on biases and norms (PET: 0.01 on the rest and gradients clipped at norm 1; LM-BFF:
 none), PET's FewGLUE batch 16 for 250 steps, LM-BFF's batch 8 for 1000 steps evaluated every 100
 (the best kept). COPA's choices of several tokens train with PET's hinge loss over one pass with k
-masks and are decoded max-first at evaluation (config.cloze.decoding). PET's auxiliary MLM loss:
+masks and are decoded max-first at evaluation (config.cloze.decoding), its training set doubled
+with the choices swapped; WSC's referent is generated: trained on the positive examples (its
+tokens and 0-3 padding masks), filled greedily at evaluation and compared as words, as PET does. PET's auxiliary MLM loss:
 --config.cloze.mlm_alpha=1e-4 with --config.data.unlabeled.* naming unlabeled records.
 """
 
@@ -32,7 +34,7 @@ from configs.base import base_config, data_source, parse_args
 from configs.t5_prompt import task_data
 from jaxprompt.tasks.cloze_presets import LM_BFF_PRESETS, PET_PATTERNS
 
-_SUPERGLUE = ("boolq", "cb", "copa", "rte", "wic", "multirc")
+_SUPERGLUE = ("boolq", "cb", "copa", "rte", "wic", "wsc", "multirc")
 _LOCAL = ("sst2", *_SUPERGLUE)  # tasks ../shared/data has (its AG News file has no titles)
 _BEST_METRIC = {"cb": "f1_macro", "multirc": "f1a", "stsb": "pearson"}
 _METRIC = {"cb": "f1_macro", "multirc": "multirc"}

@@ -69,6 +69,8 @@ def evaluate_task(
   if "token_logits" in columns:
     return _tagging_metrics(columns, keep, task)
   cols = {name: np.concatenate(parts)[keep] for name, parts in columns.items()}
+  if "generated" in cols:
+    cols["class_logits"] = _generation_matches(cols.pop("generated"), cols.pop("referent"), exp)
   if exp.config.demonstrations.enabled:
     cols = _mean_over_demonstration_sets(cols)
   if task.bounds:
@@ -97,6 +99,17 @@ def evaluate_task(
     metrics.update(metrics_lib.task_metrics(task.metric, predictions, cols["label"], cols["group"]))
   metrics["examples"] = float(len(cols["label"]))
   return metrics
+
+
+def _generation_matches(generated_BxK: np.ndarray, referent_BxK: np.ndarray, exp: experiment.Experiment) -> np.ndarray:
+  """[B, 2] one-hot (no match, match): the generated words against the referent's, special tokens
+  dropped (PET's WSC eval_step returns the same pair as its logits). PET compares with the
+  referent's text; here its tokens decoded, which the comparison's lower-casing makes the same."""
+  tokens, codec = exp.backbone.tokenizer, exp.backbone.codec
+  special = {*codec.cloze.start_ids, *codec.cloze.middle_ids, *codec.cloze.end_ids, codec.cloze.mask_id, codec.pad_id}
+  text = lambda ids: tokens.decode([int(i) for i in ids if i >= 0 and int(i) not in special])
+  match = np.array([metrics_lib.words_match(text(g), text(r)) for g, r in zip(generated_BxK, referent_BxK)])
+  return np.stack([~match, match], axis=-1).astype(np.float32)
 
 
 def _mean_over_demonstration_sets(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

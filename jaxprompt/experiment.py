@@ -315,6 +315,8 @@ def task_features(exp: Experiment, task: TaskData, split: str) -> list[features_
   records = readers.read_records(source)
   if split == "train":
     records = features_lib.with_mirrored_choices(records, task.spec)
+    if task.spec.generate:
+      records = features_lib.generation_training_records(records, task.spec, exp.config.seed)
   prefix = None
   if split == "eval" and shots.num_shots:
     pool = readers.read_records(task.train)

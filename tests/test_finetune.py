@@ -20,7 +20,7 @@ from jaxprompt.plan import plan
 from jaxprompt.tasks import pipeline
 from jaxprompt.training import train_and_evaluate
 from tests.method_runs import CLOZE_CASES
-from tests.run_configs import workdir_files
+from tests.run_configs import apply_overrides, localized, workdir_files
 
 STEPS = 16
 
@@ -248,3 +248,22 @@ def test_a_prompt_method_trains_alongside_the_chosen_weights():
     state, _ = exp.train_step()(state, exp.frozen, pipeline.to_global(batch, exp.batch_sharding), jax.random.key(1))
   assert not np.array_equal(_host(state.params)["embeddings"], before["embeddings"])
   assert not np.array_equal(_host(state.backbone["mlm_head/bias"]), pretrained_bias)
+
+
+def test_wsc_generates_its_referent_trains_on_positives_and_scores_by_word_match(tmp_path):
+  from configs import cloze  # noqa: PLC0415
+
+  config = CLOZE_CASES["prompt_tuning-bert-cloze"]()
+  wsc = cloze.get_config("recipe=pet,task=wsc,train=bias,data=local")
+  config.task, config.data.train, config.data.eval = wsc.task, wsc.data.train, wsc.data.eval
+  config = localized(config)
+  config = apply_overrides(config, **{"prompt.method": "none", "model.trainable": "bias$", "num_steps": 2,
+                                      "eval_every": 2, "checkpoint_every": 2, "optimizer.learning_rate": 1e-3})
+  exp = experiment.build(config)
+  train = experiment.train_features(exp)
+  assert train and all(f.label == 1 for f in train)  # PET keeps WSC's positive examples
+  result = train_and_evaluate(config, str(tmp_path))
+  metrics = result["eval"]
+  assert metrics["eval/examples"] == config.data.max_eval_examples and 0.0 <= metrics["eval/accuracy"] <= 1.0
+  losses = _train_losses(tmp_path)
+  assert all(np.isfinite(losses)) and losses[0] > 1.0  # the referent's tokens over a 30k vocabulary

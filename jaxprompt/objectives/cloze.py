@@ -7,7 +7,9 @@
                from one pass with all k masks, the hinge loss between choices (multi_mask.py)
     eval_step: `class_logits` [B, C]: those scores; with several masks, each choice decoded
                (config.cloze.decoding: max_first, PET's default; ltr; parallel), batched over
-               examples and choices
+               examples and choices. A generated candidate (PET's WSC, TaskSpec.generate) trains
+               its tokens' cross-entropy and is generated greedily at evaluation (`generated`,
+               `referent` [B, K]), which evaluation.py compares as words
 
 With config.cloze.mlm_alpha (PET's auxiliary loss, paper α = 1e-4), an unlabeled batch beside each
 labelled one (keys unlabeled_inputs, unlabeled_input_mask, unlabeled_token_types) is BERT-masked
@@ -55,6 +57,7 @@ class ClozeLabels:
   pad_id: int
   mlm: AuxiliaryMLM | None = None
   bounds: tuple[float, float] | None = None  # a regression: its two classes' words are the poles
+  generate: bool = False  # the one candidate is generated into the mask block (PET's WSC)
 
   @property
   def several_masks(self) -> bool:
@@ -88,7 +91,7 @@ def labels(tasks, backbone, config) -> ClozeLabels:
     mlm = AuxiliaryMLM(config.cloze.mlm_alpha, tokens.mask_id, tuple(sorted(specials)), tokenizer.vocab_size)
   if spec.bounds and words.num_masks > 1:
     raise ValueError(f"Task {spec.name!r}: a regression's two label words must be one token each")
-  return ClozeLabels(words, config.cloze.decoding, backbone.codec.pad_id, mlm, spec.bounds or None)
+  return ClozeLabels(words, config.cloze.decoding, backbone.codec.pad_id, mlm, spec.bounds or None, spec.generate)
 
 
 def label_targets(spec, codec, max_target_len):
@@ -149,7 +152,11 @@ def loss_sum(
   dropout_rng, masking_rng = jax.random.split(rng)
   rngs = None if model.deterministic else {"dropout": dropout_rng}
   labelled_B = (batch["label"] >= 0) & batch["example_mask"]
-  if not labels.several_masks:
+  if labels.generate:  # the referent's tokens, and pad tokens at the block's extra masks (PET's WSC)
+    targets_BxK = jnp.where(batch["candidate_mask"][:, 0], batch["candidates"][:, 0], labels.pad_id)
+    total, count = multi_mask.generation_loss(_mask_logits(model, frozen, prompt, rngs), *_inputs(batch),
+                                              targets_BxK, labelled_B)
+  elif not labels.several_masks:
     token_ids = jnp.asarray(labels.words.ids_CxWxK[:, :, 0].reshape(-1))
     scores_BxC = _one_mask_scores(_mask_logits(model, frozen, prompt, rngs, token_ids), batch, labels.words)
     if labels.bounds:
@@ -206,6 +213,10 @@ def eval_step(
   """`class_logits` [B, C]: mean label-word logits at the mask, or the choices' decoded log-prob sums."""
   del label_targets_CxT, label_mask_CxT  # the label words are bound in `labels`
   prompt = _prompt(method, prompt_params, batch)
+  if labels.generate:  # evaluation compares the generated words with the referent's (evaluation.py)
+    tokens_BxK = multi_mask.generate(_mask_logits(model, frozen, prompt, None), *_inputs(batch), labels.decoding)
+    return {"generated": tokens_BxK,
+            "referent": jnp.where(batch["candidate_mask"][:, 0], batch["candidates"][:, 0], -1)}
   if not labels.several_masks:
     token_ids = jnp.asarray(labels.words.ids_CxWxK[:, :, 0].reshape(-1))
     return {"class_logits": _one_mask_scores(_mask_logits(model, frozen, prompt, None, token_ids), batch, labels.words)}

@@ -7,6 +7,7 @@ shapes, where PET itself runs one example at a time (`PET:pet/task_helpers.py` M
     scores_BxC = choice_log_probs_one_pass(mask_logits, *inputs)           # training: one pass, k masks
     loss, count = hinge_loss(scores_BxC, labels_B, weights_B, candidate_valid_BxC)
     scores_BxC = decode_scores(mask_logits, *inputs, order="max_first")    # inference: surplus masks trimmed
+    tokens_BxK = generate(mask_logits, ids, valid, types, positions)      # PET's WSC: the block filled freely
 
 with inputs = (ids_BxL, valid_BxL, token_types_BxL, mask_positions_BxK, candidates_BxCxK,
 candidate_mask_BxCxK). The backbone enters only as `mask_logits`, which projects to the vocabulary
@@ -166,3 +167,67 @@ def decode_scores(
   init = (ids_NxL, masked_NxK, jnp.zeros((batch * cands,), jnp.float32))
   _, _, total_N = jax.lax.fori_loop(0, slots, step, init)
   return total_N.reshape(batch, cands)
+
+
+def generation_loss(
+    mask_logits: MaskLogits,
+    ids_BxL: jax.Array,
+    valid_BxL: jax.Array,
+    token_types_BxL: jax.Array,
+    mask_positions_BxK: jax.Array,
+    targets_BxK: jax.Array,
+    weights_B: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+  """(summed, count) cross-entropy of every mask of the block against its target token, over the
+  weighted examples: PET's WSC trains the referent's tokens and pad tokens at the extra masks."""
+  logits_BxKxV = mask_logits(ids_BxL, valid_BxL, token_types_BxL, mask_positions_BxK)
+  logp_BxK = _target_log_probs(logits_BxKxV, targets_BxK[:, None])[:, 0]
+  counted_BxK = (mask_positions_BxK >= 0) & weights_B[:, None].astype(bool)
+  return -jnp.sum(jnp.where(counted_BxK, logp_BxK, 0.0)), jnp.sum(counted_BxK).astype(jnp.float32)
+
+
+def generate(
+    mask_logits: MaskLogits,
+    ids_BxL: jax.Array,
+    valid_BxL: jax.Array,
+    token_types_BxL: jax.Array,
+    mask_positions_BxK: jax.Array,
+    order: str = "max_first",
+) -> jax.Array:
+  """[B, K] the tokens greedily filled into each example's masks (-1 past its block), batched.
+
+  PET's WSC decoding (`PET:pet/task_helpers.py` WscTaskHelper.eval_step), one example at a time
+  there: every call puts the most probable token into one mask — "max_first": the mask whose most
+  probable token is the most confident of all; "ltr": the leftmost — or into all of them at once
+  ("parallel"), until none is left.
+  """
+  if order not in ORDERS:
+    raise ValueError(f"decoding order {order!r} is not one of {ORDERS}")
+  batch, slots = mask_positions_BxK.shape
+  masked_BxK = mask_positions_BxK >= 0
+  gather_BxK = jnp.maximum(mask_positions_BxK, 0)
+  rows_B = jnp.arange(batch)
+
+  def best(ids_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
+    probs_BxKxV = jax.nn.softmax(mask_logits(ids_BxL, valid_BxL, token_types_BxL, gather_BxK).astype(jnp.float32))
+    return jnp.argmax(probs_BxKxV, axis=-1).astype(ids_BxL.dtype), jnp.max(probs_BxKxV, axis=-1)
+
+  if order == "parallel":
+    return jnp.where(masked_BxK, best(ids_BxL)[0], -1)
+
+  def step(_, carry):
+    ids_BxL, masked_BxK, out_BxK = carry
+    token_BxK, confidence_BxK = best(ids_BxL)
+    if order == "ltr":
+      pick_B = jnp.argmax(masked_BxK, axis=-1)  # the first slot still masked
+    else:  # PET's strict ">" scan: the leftmost of equally confident masks
+      pick_B = jnp.argmax(jnp.where(masked_BxK, confidence_BxK, -1.0), axis=-1)
+    active_B = jnp.any(masked_BxK, axis=-1)
+    token_B = jnp.take_along_axis(token_BxK, pick_B[:, None], axis=-1)[:, 0]
+    at_B = jnp.take_along_axis(gather_BxK, pick_B[:, None], axis=-1)[:, 0]
+    ids_BxL = ids_BxL.at[rows_B, at_B].set(jnp.where(active_B, token_B, ids_BxL[rows_B, at_B]))
+    out_BxK = out_BxK.at[rows_B, pick_B].set(jnp.where(active_B, token_B, out_BxK[rows_B, pick_B]))
+    return ids_BxL, masked_BxK & (jnp.arange(slots) != pick_B[:, None]), out_BxK
+
+  init = (ids_BxL, masked_BxK, jnp.full((batch, slots), -1, ids_BxL.dtype))
+  return jax.lax.fori_loop(0, slots, step, init)[2]

@@ -26,6 +26,9 @@ from jaxprompt.tasks.patterns import (ClozePattern, ClozeTokens, Mask, Segment, 
 from jaxprompt.tasks.records import DataError, Record
 
 PREPARES = {"wsc_pronoun": mark_wsc_pronoun}  # record transforms a pattern may need first
+# A generated candidate's padding masks (TaskSpec.generate): PET adds 0-3 at random to a training
+# example, 1 to the others; the training records carry their draw under this field.
+GENERATION_PADDING = "__generation_padding"
 
 
 @functools.lru_cache(maxsize=64)
@@ -103,7 +106,7 @@ def encode_example(record: Record, spec, tokens: ClozeTokens, num_masks: int, ma
     choices = [tokens.word_ids(slot.text(record.fields, record.where)) for slot in candidate_slots(spec)]
     if not all(choices):
       raise DataError(f"{record.where}: a candidate of task {spec.name!r} is empty: {spec.candidates}")
-    num_masks = max(len(c) for c in choices)
+    num_masks = max(len(c) for c in choices) + (int(record.fields.get(GENERATION_PADDING, 1)) if spec.generate else 0)
   encoded = (pattern or pattern_of(spec)).encode(record, tokens, num_masks, max_len)
   return ClozeExample(list(encoded.ids), list(encoded.token_types), list(encoded.mask_positions), choices,
                       encoded.truncated)
@@ -113,6 +116,9 @@ def check_text_family(spec, codec: TextCodec) -> None:
   """A ValueError unless `codec`'s family can read the cloze task `spec` as text (T5, decoders)."""
   if codec.cloze is not None:
     raise ValueError(f"Task {spec.name!r}: a masked LM scores label words at its mask (cloze.label_words), not texts")
+  if spec.generate:
+    raise ValueError(f"Task {spec.name!r} generates its candidate into a masked LM's mask block (PET's WSC); T5 and"
+                     " decoders would generate it as text, which is not done here")
   if not codec.cloze_sentinels and not codec.keep_input_end:
     # A continuation must keep the text right before the answer when it is cut.
     raise ValueError(

@@ -70,16 +70,15 @@ class ClozePreset:
 
   def task_spec(self, name: str, metric: str | None = None) -> TaskSpec:
     """The preset as a run's task (config.task): the pattern's text and its labels, words and options."""
-    if self.candidates and len(self.candidates) != len(self.label_names):
-      raise ValueError(f"{name}: PET generates WSC's referent (one candidate, labels {self.label_names}); only"
-                       " choice tasks such as COPA train as classification here")
+    # One candidate for two labels (WSC's referent, labels False / True): PET generates it.
+    generate = len(self.candidates) == 1 and len(self.label_names) == 2
     prepare = {mark_wsc_pronoun: "wsc_pronoun"}.get(self.prepare, "") if self.prepare else ""
     metric = metric or ("pearson" if self.bounds else "accuracy")
     return TaskSpec(name=name, template="", pattern=self.pattern.text, label_names=self.label_names,
                     verbalizer=tuple(w[0] if len(w) == 1 else w for w in self.verbalizer), label_field=self.label_field,
                     metric=metric, flatten=self.flatten, pattern_fields=self.pattern_fields,
                     sentence_limits=self.sentence_limits, candidates=tuple(str(c)[1:-1] for c in self.candidates),
-                    prepare=prepare, bounds=self.bounds or (), mirror_choices=self.mirror_choices)
+                    prepare=prepare, bounds=self.bounds or (), mirror_choices=self.mirror_choices, generate=generate)
 
 
 def mark_wsc_pronoun(record: Record) -> Record:

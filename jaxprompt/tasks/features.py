@@ -136,6 +136,15 @@ def with_mirrored_choices(records: list[Record], spec) -> list[Record]:
   return list(records) + mirrors
 
 
+def generation_training_records(records: Sequence[Record], spec: TaskSpec, seed: int) -> list[Record]:
+  """A generated candidate's training records (PET's WSC, pet/tasks.py and task_helpers.py): the
+  positive examples only, each with its own random 0-3 padding masks (seeded by its position)."""
+  positives = [(i, r) for i, r in enumerate(records)
+               if r.fields.get(spec.label_field) is not None and label_index(r.fields[spec.label_field], spec, r.where)]
+  draw = lambda i: int(np.random.default_rng((seed, i)).integers(0, 4))
+  return [Record({**r.fields, cloze.GENERATION_PADDING: draw(i)}, r.where) for i, r in positives]
+
+
 def featurize(
     records: Sequence[Record],
     spec: TaskSpec,

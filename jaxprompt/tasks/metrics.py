@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import re
+
 import numpy as np
 
 
@@ -139,3 +141,11 @@ def _ranks(x: np.ndarray) -> np.ndarray:
   sums = np.zeros(len(counts))
   np.add.at(sums, inverse, ranks)
   return (sums / counts)[inverse]
+
+
+def words_match(generated: str, target: str) -> bool:
+  """T5's WSC comparison, as PET uses it: lower-cased, split at non-letters, and either word list
+  contained in the other (so, as in PET, generating no word at all matches)."""
+  words = lambda text: [w for w in re.split("[^a-zA-Z]", text.lower().strip()) if w]
+  ours, theirs = words(generated), words(target)
+  return all(w in theirs for w in ours) or all(w in ours for w in theirs)

@@ -43,6 +43,11 @@ class TaskSpec:
   task is a regression (LM-BFF's STS-B): the label field is a score, and the two classes' label
   words are its poles, interpolated.
 
+  With `generate` (PET's WSC) the one candidate (the referent) is generated into the mask block
+  instead of scored: training keeps the positive examples (label True) and teaches the candidate's
+  tokens, padding masks included; evaluation fills the masks greedily and a prediction is True when
+  the words generated and the candidate's contain one another (T5's WSC comparison).
+
   With `mirror_choices` (PET's COPA), the training and unlabeled records are doubled with mirrored
   copies: their two candidates' fields swapped and the label flipped.
 
@@ -68,6 +73,7 @@ class TaskSpec:
   bounds: tuple[float, ...] = ()
   teacher_field: str = ""
   mirror_choices: bool = False
+  generate: bool = False
 
   def __post_init__(self):
     for key in ("label_names", "token_label_names", "pattern_fields", "candidates"):
@@ -133,10 +139,13 @@ class TaskSpec:
     top_level = all("." not in c.split("|")[0] for c in self.candidates)
     if self.mirror_choices and (len(self.candidates) != 2 or not top_level):
       raise ValueError(f"Task {self.name!r}: mirror_choices swaps two candidates' fields; it has {self.candidates}")
+    if self.generate and (len(self.candidates) != 1 or len(self.label_names) != 2 or self.bounds):
+      raise ValueError(f"Task {self.name!r}: generate fills the mask block with one candidate and labels its match"
+                       f" False / True; it has candidates {self.candidates} and labels {self.label_names}")
     if self.candidates:
       if self.verbalizer:
         raise ValueError(f"Task {self.name!r}: candidates fill the mask block; a verbalizer does not apply as well")
-      if len(self.label_names) != len(self.candidates):
+      if len(self.label_names) != len(self.candidates) and not self.generate:
         raise ValueError(f"Task {self.name!r}: {len(self.candidates)} candidates but label_names {self.label_names}")
     elif len(self.verbalizer) != len(self.label_names) or not self.verbalizer:
       raise ValueError(

@@ -230,3 +230,63 @@ def test_regression_kl_against_a_probability_target_matches_transformers(tmp_pat
   expected.backward()
   assert abs(float(loss) - expected.item()) < 1e-5 and expected.item() > 0.01
   np.testing.assert_allclose(grads["embeddings"], prompt.grad.numpy(), atol=1e-5, rtol=1e-4)
+
+
+def _pet_wsc_decode(hf, ids: np.ndarray, positions: list[int], order: str) -> list[int]:
+  """PET's WscTaskHelper.eval_step on transformers' MLM, one unpadded example: the tokens it puts
+  at `positions` (the mask block), in their order."""
+  ids = torch.tensor(ids[None], dtype=torch.long)
+  masked = list(positions)
+  with torch.no_grad():
+    while masked:
+      probs = torch.softmax(hf(input_ids=ids).logits, dim=2)[0].numpy()
+      if order == "parallel":
+        for p in masked:
+          ids[0, p] = int(probs[p].argmax())
+        break
+      chosen, best = None, -1.0
+      for p in (masked[:1] if order == "ltr" else masked):
+        if probs[p].max() > best:
+          chosen, best = p, probs[p].max()
+      ids[0, chosen] = int(probs[chosen].argmax())
+      masked.remove(chosen)
+  return [int(ids[0, p]) for p in positions]
+
+
+@pytest.mark.parametrize("order", ["max_first", "ltr", "parallel"])
+def test_generating_wscs_referent_batched_equals_pets_decoding_one_example_at_a_time(order, tmp_path):
+  hf, module, frozen = _load("bert", tmp_path)
+  batch = _batch("bert", num_masks=3, seed=2)
+  batch["token_types"] = np.zeros_like(batch["token_types"])  # PET's eval passes input_ids alone
+  batch["mask_positions"][2, 2] = -1  # an example whose block is two masks
+  batch["inputs"][2, batch["mask_positions"][2, 1] + 1] = 9  # its third slot is a word, not a mask
+  candidates = np.array([[[7, 8, 9]], [[11, 0, 0]], [[17, 18, 0]], [[20, 0, 0]]], np.int32)
+  batch.update(candidates=candidates, candidate_mask=candidates > 0)
+  step = jax.jit(functools.partial(cloze.eval_step, model=module, method=None,
+                                   labels=cloze.ClozeLabels(None, order, 0, generate=True)))
+  out = step({}, frozen, batch, None, None)
+  generated = np.asarray(out["generated"])
+  np.testing.assert_array_equal(np.asarray(out["referent"]), np.where(candidates[:, 0] > 0, candidates[:, 0], -1))
+  for b in range(4):
+    n = int(batch["input_mask"][b].sum())
+    positions = [int(p) for p in batch["mask_positions"][b] if p >= 0]
+    expected = _pet_wsc_decode(hf, batch["inputs"][b, :n], positions, order)
+    assert list(generated[b, : len(positions)]) == expected, (b, order)
+    assert (generated[b, len(positions):] == -1).all()
+
+
+def test_wscs_generation_loss_is_the_mlm_cross_entropy_with_pad_targets(tmp_path):
+  hf, module, frozen = _load("bert", tmp_path)
+  batch = _batch("bert", num_masks=3, seed=3)
+  candidates = np.array([[[7, 8, 0]], [[11, 12, 13]], [[17, 0, 0]], [[20, 0, 0]]], np.int32)
+  batch.update(candidates=candidates, candidate_mask=candidates > 0, label=np.array([1, 1, 1, -1], np.int32))
+  method, params = _prompt_method(module.config.hidden_size)
+  loss, grads = _our_loss_and_grad(module, frozen, method, params, batch, cloze.ClozeLabels(None, "max_first", 0,
+                                                                                          generate=True))
+  prompt = torch.tensor(np.asarray(params["embeddings"]), requires_grad=True)
+  logits = _torch_mask_logits(hf, prompt, batch)[:3]  # [3, K, V]: the fourth example is padding
+  targets = torch.tensor(np.where(candidates[:3, 0] > 0, candidates[:3, 0], 0), dtype=torch.long)  # pad id 0
+  expected = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+  expected.backward()
+  assert abs(float(loss) - expected.item()) < 1e-5
+  np.testing.assert_allclose(grads["embeddings"], prompt.grad.numpy(), atol=1e-5, rtol=1e-4)

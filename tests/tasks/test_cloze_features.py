@@ -11,7 +11,7 @@ import pytest
 from jaxprompt.backbones import FAMILIES
 from jaxprompt.tasks import cloze, pipeline, readers
 from jaxprompt.tasks.cloze_presets import LM_BFF_PRESETS, PET_PATTERNS
-from jaxprompt.tasks.features import featurize, with_mirrored_choices
+from jaxprompt.tasks.features import featurize, generation_training_records, with_mirrored_choices
 from jaxprompt.tasks.records import DataError
 from jaxprompt.tasks.task_spec import DataSource, TaskSpec
 from tests.assets import minilm_dir
@@ -147,3 +147,31 @@ def test_copas_training_records_are_doubled_with_their_choices_mirrored(shared_d
   assert all("label" not in r.fields for r in with_mirrored_choices(unlabeled, spec)[2:])
   rte = PET_PATTERNS["rte", 0].task_spec("rte")
   assert with_mirrored_choices(records, rte) is records  # only a task that asks for it
+
+
+def test_wsc_trains_its_positive_examples_with_pets_random_padding_masks(shared_data, mlm_codec):
+  spec = PET_PATTERNS["wsc", 0].task_spec("wsc")
+  assert spec.generate and spec.candidates == ("target.span1_text",)
+  records = _records(shared_data, "superglue/WSC", "train32.jsonl", limit=32)
+  train = generation_training_records(records, spec, seed=0)
+  assert len(train) == sum(r.fields["label"] in (True, "True") for r in records) > 0
+  assert all(r.fields["label"] in (True, "True") for r in train)
+  pads = [r.fields[cloze.GENERATION_PADDING] for r in train]
+  assert set(pads) <= {0, 1, 2, 3} and len(set(pads)) > 1  # PET: randint(0, 3) per training example
+  assert pads == [r.fields[cloze.GENERATION_PADDING] for r in generation_training_records(records, spec, seed=0)]
+  feats, _ = featurize(train, spec, mlm_codec, 256, 1)
+  evals, _ = featurize(records, spec, mlm_codec, 256, 1)
+  for feature, record in zip(feats, train):
+    referent = mlm_codec.cloze.word_ids(record.fields["target"]["span1_text"])
+    assert feature.candidates == [referent]
+    assert len(feature.mask_positions) == len(referent) + record.fields[cloze.GENERATION_PADDING]
+  for feature, record in zip(evals, records):  # evaluation: one padding mask, every example
+    assert len(feature.mask_positions) == len(feature.candidates[0]) + 1
+    assert feature.label == int(record.fields["label"] in (True, "True"))
+
+
+def test_wsc_generation_needs_a_masked_lm(bert_tokenizer, smollm_tokenizer):
+  spec = PET_PATTERNS["wsc", 0].task_spec("wsc")
+  decoder = FAMILIES["llama"].codec(smollm_tokenizer, type("Model", (), {"add_bos": False})())
+  with pytest.raises(ValueError, match="generates its candidate into a masked LM's mask block"):
+    cloze.check_text_family(spec, decoder)

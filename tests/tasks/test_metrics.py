@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from jaxprompt.tasks.metrics import bio_spans, exact_match, tagging_metrics, task_metrics
+from jaxprompt.tasks.metrics import bio_spans, exact_match, tagging_metrics, task_metrics, words_match
 
 
 def test_accuracy_ignores_unlabeled():
@@ -135,3 +135,11 @@ def test_regression_metrics_are_pearson_and_spearman_over_scored_examples():
   assert got["spearman"] == pytest.approx(scipy.stats.spearmanr(predictions, scores)[0], abs=1e-9)
   with pytest.raises(ValueError, match="at least two"):
     regression_metrics(np.array([1.0, 2.0]), np.array([np.nan, 3.0]))
+
+
+@pytest.mark.parametrize("generated, target, match", [
+    ("the trophy", "The trophy", True), ("trophy", "the trophy", True), ("the big trophy", "trophy", True),
+    ("suitcase", "the trophy", False), ("Mr. Jones", "mr jones", True), ("", "the trophy", True),
+])
+def test_words_match_is_t5s_wsc_comparison(generated, target, match):
+  assert words_match(generated, target) is match
