@@ -34,7 +34,7 @@ def finished(tmp_path_factory):
   splits.write_kshot(str(SHARED_DATA / "sst2" / "dev.tsv"), str(root / "k-shot"), "label", k=4, seeds=SEEDS,
                      task="SST-2")
   config = lm_bff.get_config(f"task=sst2,kshot={root / 'k-shot' / 'SST-2'},test={SHARED_DATA / 'sst2' / 'test.tsv'},"
-                             "k=4,seeds=13+21,variants=zero_shot+prompt_ft+prompt_ft_demo+auto_labels+auto_template")
+                             "k=4,seeds=13+21,variants=zero_shot+prompt_ft_demo+auto_labels+auto_template")
   tiny_mlm(config)
   config = apply_overrides(config, **{
       "batch_size": 8, "eval_batch_size": 16, "num_steps": 2, "eval_every": 1, "checkpoint_every": 1,
@@ -63,7 +63,7 @@ def _small_test(root):
 
 def test_every_variant_runs_on_every_split_and_reports_mean_and_std(finished):
   _, workdir, numbers = finished
-  for variant in ("zero_shot", "prompt_ft", "prompt_ft_demo", "auto_labels", "auto_template"):
+  for variant in ("zero_shot", "prompt_ft_demo", "auto_labels", "auto_template"):
     tests = [json.loads((workdir / variant / f"seed{s}" / "result.json").read_text())["test"] for s in SEEDS]
     assert numbers[variant]["mean"] == pytest.approx(np.mean(tests))
     assert numbers[variant]["std"] == pytest.approx(np.std(tests))
