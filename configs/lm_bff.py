@@ -56,6 +56,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       template_candidates=100,  # templates fine-tuned and ranked on dev
       # Inputs with demonstrations: twice the plain length for single sentences (LM-BFF's --double_demo).
       demo_max_input_len=2 * config.data.max_input_len if task in _SINGLE_SENTENCE else 0,
+      # False: a finished run's checkpoints and exported backbone are removed when backbone weights
+      # trained (GBs a run, one run per candidate and split; LM-BFF's script deletes them too).
+      keep_run_checkpoints=False,
   ))
   config.demonstrations.eval_sets = 4 if task in _FOUR_SETS else 16
   return config

@@ -92,6 +92,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       scale_factor=5.0,  # iPET: the training set grows this much a generation
       labeller_fraction=0.25,  # iPET: the share of the previous generation's other models that label a new set
       n_most_likely=100,  # zero-shot iPET: each label's pool in the first step, its most likely examples
+      # False: a finished member's checkpoints and exported backbone are removed once its scores
+      # are saved, when backbone weights trained (GBs a member); the final classifier keeps its own.
+      keep_run_checkpoints=False,
       num_labeled=int(args["labeled"]),  # the first n labelled records (-1: all; 0: none, zero-shot)
       labeled=labeled, unlabeled=unlabeled, test=test,
       classifier=ml_collections.ConfigDict(dict(

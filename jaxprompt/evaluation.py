@@ -135,13 +135,16 @@ def class_scores(
     exp: experiment.Experiment,
 ) -> np.ndarray:
   """[N, C] class scores of `features`, in their order: what the eval step ranks (the verbalizer's
-  or the choices' scores, or a head's logits). PET's ensemble members score unlabeled data so."""
+  or the choices' scores, a head's logits, or on T5 and decoders each label's log-probability).
+  PET's ensemble members score unlabeled data so."""
   order = np.argsort([len(f.inputs) for f in features], kind="stable")  # short batches pad less
   columns = _eval_columns(eval_step, prompt_params, frozen, [features[i] for i in order], task, exp)
   keep = np.concatenate(columns["example_mask"]).astype(bool)
-  if "class_logits" not in columns:
-    raise ValueError(f"task {task.name!r}: this run's eval step ranks no classes (it has no class_logits)")
-  scores = np.concatenate(columns["class_logits"])[keep]
+  # A head's or a masked LM's class logits; T5's and decoders' log-probabilities of each label's words.
+  key = next((k for k in ("class_logits", "label_scores") if k in columns), None)
+  if key is None:
+    raise ValueError(f"task {task.name!r}: this run's eval step ranks no classes (no class_logits, no label_scores)")
+  scores = np.concatenate(columns[key])[keep]
   unsorted = np.empty_like(scores)
   unsorted[order] = scores
   return unsorted

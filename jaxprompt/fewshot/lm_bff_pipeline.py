@@ -20,7 +20,8 @@ Variants (config.lm_bff.variants):
                       fine-tuned with the manual label words, the best on dev kept (LM-BFF's "auto")
     auto_template_demo  the same with demonstrations
 A run is done when its result.json exists; re-running the command skips finished runs and resumes
-an unfinished one from its last checkpoint. The splits are LM-BFF's (python -m jaxprompt.split
+an unfinished one from its last checkpoint. A finished run that trained backbone weights loses its
+checkpoints (finished_runs.py) unless config.lm_bff.keep_run_checkpoints. The splits are LM-BFF's (python -m jaxprompt.split
 --protocol=kshot): <kshot_dir>/<K>-<seed>/train.<ext> and dev.<ext>.
 """
 
@@ -38,7 +39,7 @@ from etils import epath
 from jaxprompt import evaluation, experiment
 from jaxprompt import sharding as sharding_lib
 from jaxprompt.backbones import load_backbone
-from jaxprompt.fewshot import label_search, template_search
+from jaxprompt.fewshot import finished_runs, label_search, template_search
 from jaxprompt.tasks import readers, task_spec
 from jaxprompt.training import train_and_evaluate
 
@@ -108,6 +109,7 @@ class Pipeline:
           directory.mkdir(parents=True, exist_ok=True)
           result = self.run_variant(variant, seed, directory)
           (directory / "result.json").write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+          self.prune(directory)
     return self.report()
 
   def run_variant(self, variant: str, seed: int, directory: epath.Path) -> dict[str, Any]:
@@ -177,10 +179,14 @@ class Pipeline:
         done.parent.mkdir(parents=True, exist_ok=True)
         result = {"candidate": what, **self.fine_tune(self.run_config(seed, variant, spec), done.parent)}
         done.write_text(json.dumps(result, indent=1) + "\n")
+        self.prune(done.parent)
       results.append(json.loads(done.read_text()))
     best = max(results, key=lambda r: r["dev"])  # the first of equals: the search's order
     return {"dev": best["dev"], "test": best["test"], "candidate": best["candidate"],
             "candidates": [{"candidate": r["candidate"], "dev": r["dev"]} for r in results]}
+
+  def prune(self, directory: epath.Path) -> None:
+    finished_runs.prune(directory, self.config.model.trainable, self.config.lm_bff.keep_run_checkpoints)
 
   def report(self) -> dict[str, Any]:
     """Per variant: the test metric on every split, and its mean (std) as LM-BFF reports it."""

@@ -1,7 +1,8 @@
 """PET and iPET (Schick & Schütze 2021) as one resumable pipeline of ordinary runs in one workdir.
 
     workdir/g<g>/p<i>-r<j>/     member (pattern i, repetition j) of generation g: a training run
-                                (checkpoints/, metrics), then member.json, unlabeled_scores.npy and
+                                (checkpoints/ until it is done when it trains backbone weights:
+                                finished_runs.py; metrics), then member.json, unlabeled_scores.npy and
                                 test_scores.npy; train.jsonl for g >= 1 (the labelled set and the
                                 examples its peers labelled, iPET)
     workdir/final/distill.jsonl the unlabeled records with the ensemble's scores (teacher_logits)
@@ -33,7 +34,7 @@ from etils import epath
 
 from jaxprompt import evaluation, experiment
 from jaxprompt import sharding as sharding_lib
-from jaxprompt.fewshot import ipet, merge, report
+from jaxprompt.fewshot import finished_runs, ipet, merge, report
 from jaxprompt.tasks import features as features_lib
 from jaxprompt.tasks import metrics as metrics_lib
 from jaxprompt.tasks import readers, task_spec
@@ -70,12 +71,18 @@ def derived_seed(seed: int, *path: int) -> int:
 
 
 def pattern_specs(config: ml_collections.ConfigDict) -> list[task_spec.TaskSpec]:
-  """The ensemble's patterns: config.pet.patterns (pattern texts for config.task's labels and
-  words), or PET's presets config.pet.pattern_ids of config.pet.task."""
+  """The ensemble's patterns: PET's presets config.pet.pattern_ids of config.pet.task, or
+  config.pet.patterns, pattern texts of your own for config.task's labels and words (when
+  config.task is empty: those of the first preset, e.g. patterns that end at the mask for a decoder)."""
   pet = config.pet
   if pet.patterns:
-    base = task_spec.task_spec_from_config(config.task)
-    return [dataclasses.replace(base, name=f"{base.name}_p{i}", pattern=text) for i, text in enumerate(pet.patterns)]
+    base = task_spec.task_spec_from_config(config.task) if config.task.keys() else _preset_specs(config)[0]
+    return [dataclasses.replace(base, name=f"{pet.task}_own{i}", pattern=text) for i, text in enumerate(pet.patterns)]
+  return _preset_specs(config)
+
+
+def _preset_specs(config: ml_collections.ConfigDict) -> list[task_spec.TaskSpec]:
+  pet = config.pet
   missing = [i for i in pet.pattern_ids if (pet.task, i) not in PET_PATTERNS]
   if missing or not pet.pattern_ids:
     raise ValueError(f"config.pet.pattern_ids={tuple(pet.pattern_ids)}: PET has no pattern {missing} of"
@@ -228,6 +235,7 @@ class Pipeline:
         "train_examples": len(records), "train_accuracy_before": before, "weight": before or 0.0, "test": test,
         "test_labels": [f.label for f in test_features], "unlabeled_positions": positions,
     })
+    finished_runs.prune(directory, run.model.trainable, self.config.pet.keep_run_checkpoints)
     log.info("PET member g%d/%s: before %s, test %s", member.generation, member.name, before, test)
 
   def features(self, exp: experiment.Experiment, spec: task_spec.TaskSpec,

@@ -15,6 +15,7 @@ from jaxprompt import training
 from jaxprompt.checkpoint import load_export
 from jaxprompt.fewshot import merge, pet_pipeline
 from jaxprompt.fewshot.pet_pipeline import Pipeline
+from tests.assets import smollm2_gguf
 from tests.conftest import SHARED_DATA
 from tests.method_runs import tiny_mlm
 from tests.run_configs import apply_overrides
@@ -65,6 +66,8 @@ def test_every_stage_leaves_its_files(finished):
       for file in ("member.json", "unlabeled_scores.npy", "test_scores.npy", "train.jsonl"):
         assert (member / file).is_file(), member / file
       assert np.load(member / "unlabeled_scores.npy").shape == (16, 4)
+      # Its biases trained: once its scores are saved its checkpoints (weights, Adam moments) go.
+      assert not (member / "checkpoints").exists() and not (member / "backbone_best").exists()
   assert (workdir / "final" / "distill.jsonl").is_file()
   assert (workdir / "final" / "classifier" / "checkpoints").is_dir()
   report = (workdir / "report.md").read_text()
@@ -149,3 +152,33 @@ def test_zero_labelled_examples_means_zero_shot_members(tmp_path):
   assert all(r["train_accuracy_before"] is None and r["weight"] == 0.0 for r in results)
   assert not any((tmp_path / "run").glob("g0/p*/checkpoints"))  # nothing trained
   assert numbers["distilled"]["examples"] == 8
+
+
+def _tiny_decoder(config):
+  """A random 2-layer Llama with SmolLM2's real tokenizer in place of the MLM."""
+  config.model.family, config.model.checkpoint, config.model.size = "llama", "", "tiny"
+  config.model.tokenizer = str(smollm2_gguf())
+
+
+def test_own_patterns_on_a_decoder_score_each_label_by_its_words_log_probability(tmp_path):
+  """A decoder continues the pattern with the label word, so its patterns end at the mask
+  (config.pet.patterns, over the preset's labels and words); its scores are log-probabilities."""
+  patterns = ("{~text|backslash_to_space} ( [MASK] )", "News: {~text|backslash_to_space} Topic: [MASK]")
+  config = _config(_split(tmp_path / "split"), **{"pet.num_labeled": 0, "pet.generations": 1, "pet.patterns": patterns,
+                                                  "pet.classifier.method": "classifier", "pet.classifier.trainable": "none"})
+  _tiny_decoder(config)
+  numbers = Pipeline(config, tmp_path / "run").run()
+  members = [json.loads(p.read_text()) for p in sorted((tmp_path / "run").glob("g0/p*/member.json"))]
+  assert [m["pattern"] for m in members] == list(patterns)
+  scores = [np.load(tmp_path / "run" / "g0" / f"p{i}-r0" / "test_scores.npy") for i in range(2)]
+  assert all(s.shape == (8, 4) and np.all(np.isfinite(s)) and np.all(s < 0) for s in scores)
+  assert not np.allclose(scores[0], scores[1])  # each pattern is its own input
+  assert numbers["distilled"]["examples"] == 8
+
+
+def test_a_decoder_pattern_with_text_after_the_mask_names_the_pattern(tmp_path):
+  config = _config(_split(tmp_path / "split"), **{"pet.num_labeled": 0, "pet.generations": 1,
+                                                  "pet.patterns": ("[MASK] : {~text|backslash_to_space}",)})
+  _tiny_decoder(config)
+  with pytest.raises(ValueError, match=r"\[MASK\] : "):
+    Pipeline(config, tmp_path / "run").run()
