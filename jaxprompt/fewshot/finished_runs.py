@@ -22,5 +22,6 @@ def prune(directory: epath.Path, trainable: str, keep: bool) -> None:
   if keep or trainable == "none":
     return
   for name in _HEAVY:
-    if (directory / name).exists():
-      (directory / name).rmtree()
+    heavy = epath.Path(directory) / name  # a local folder or a bucket
+    if heavy.exists():
+      heavy.rmtree()

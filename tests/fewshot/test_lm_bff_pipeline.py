@@ -37,7 +37,7 @@ def finished(tmp_path_factory):
                              "k=4,seeds=13+21,variants=zero_shot+prompt_ft_demo+auto_labels+auto_template")
   tiny_mlm(config)
   config = apply_overrides(config, **{
-      "batch_size": 8, "eval_batch_size": 16, "num_steps": 2, "eval_every": 1, "checkpoint_every": 1,
+      "batch_size": 8, "eval_batch_size": 16, "num_steps": 2, "eval_every": 2, "checkpoint_every": 2,
       "log_every": 1, "mesh.data": 2, "mesh.fsdp": 4, "data.max_input_len": 64, "data.bucket_lengths": (64,),
       "lm_bff.demo_max_input_len": 128, "lm_bff.label_k": 2, "lm_bff.label_candidates": 2,
       "lm_bff.template_candidates": 2, "demonstrations.eval_sets": 2, "optimizer.learning_rate": 1e-3,
@@ -70,6 +70,8 @@ def test_every_variant_runs_on_every_split_and_reports_mean_and_std(finished):
     assert all(0.0 <= t <= 1.0 for t in tests)
   report = (workdir / "report.md").read_text()
   assert "prompt_ft_demo" in report and "13:" in report and "21:" in report
+  assert not (workdir / "prompt_ft_demo" / "seed13" / "checkpoints").exists()
+  assert not (workdir / "prompt_ft_demo" / "seed13" / "backbone_best").exists()
 
 
 def test_the_zero_shot_result_does_not_depend_on_the_split(finished):
@@ -87,6 +89,8 @@ def test_candidates_are_fine_tuned_and_the_best_on_dev_is_kept(finished):
       candidates = [json.loads((folder / f"candidate{i}" / "result.json").read_text()) for i in range(count)]
       best = max(candidates, key=lambda r: r["dev"])
       assert (result["dev"], result["test"], result["candidate"]) == (best["dev"], best["test"], best["candidate"])
+      # The biases trained: a finished candidate keeps its result, not its multi-GB checkpoints.
+      assert not any((folder / f"candidate{i}" / "checkpoints").exists() for i in range(count))
   search = json.loads((workdir / "auto_labels" / "seed13" / "search.json").read_text())
   words = [tuple(m["words"]) for m in search["mappings"]]
   assert len(words) == 2 and all(len(w) == 2 for w in words)
