@@ -11,7 +11,7 @@ Arguments after the colon (comma-separated key=value):
 
 On T5, encoder self-attention, decoder self-attention and decoder cross-attention each get their own
 prefixes; config.prompt.prefix_attention picks a subset, e.g. "('decoder_self','decoder_cross')" for
-PEFT's decoder-only placement. Training reparameterises the prefixes through Linear-Tanh-Linear; the
+the decoder alone (PEFT 0.21 runs T5's prefixes in decoder self-attention only: jaxprompt/peft_adapters.py). Training reparameterises the prefixes through Linear-Tanh-Linear; the
 exported prompt (prompts/*.npz) holds the plain per-layer keys and values it collapses to, while the
 checkpoints keep the MLP, so a run resumes where it stopped.
 """

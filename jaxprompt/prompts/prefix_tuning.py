@@ -2,8 +2,8 @@
 prepended in every layer of the chosen attention kinds.
 
 On T5 each kind — encoder self-attention, decoder self-attention, decoder cross-attention — has its
-own prefixes and can be switched on or off (PEFT puts prefixes only on the decoder of an
-encoder-decoder model, and the same tensors into its cross-attention cache). A decoder-only model
+own prefixes and can be switched on or off (PEFT 0.21 puts prefixes only into T5's decoder
+self-attention, shifted across layers: jaxprompt/peft_adapters.py). A decoder-only model
 or an encoder has one kind, its self-attention.
 
 Training may reparameterise the prefixes (Li & Liang; PEFT's `prefix_projection`): P embeddings pass
