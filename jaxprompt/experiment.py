@@ -288,7 +288,12 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Experi
   for key in ("batch_size", "eval_batch_size"):
     if config[key] % shards:
       raise ValueError(f"config.{key}={config[key]} does not split over the mesh's {shards} data x fsdp shards")
-  backbone = load_backbone(config.model, mesh, tuple(config.rules))
+  return on_backbone(config, load_backbone(config.model, mesh, tuple(config.rules)), mesh)
+
+
+def on_backbone(config: ml_collections.ConfigDict, backbone: Backbone, mesh: Mesh) -> Experiment:
+  """The tasks, method and optimizer of a config on a backbone already loaded (a prompt bank's
+  prompts share one)."""
   tasks = tasks_from_config(config)
   method = make_method(config.prompt, backbone, tasks)  # vocabulary inits read the whole backbone
   optimizer, schedule = make_optimizer(config.optimizer, config.num_steps)

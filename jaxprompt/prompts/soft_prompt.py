@@ -21,14 +21,19 @@ def placed_prompt(embeddings: jax.Array, placement: str, batch: dict[str, jax.Ar
     return Prompt(embeddings_BxPxD=embeddings, replace_at_BxL=batch["soft_positions"])
   if placement == "prefix":
     return Prompt(embeddings_BxPxD=embeddings)
+  return Prompt(embeddings_BxPxD=embeddings, insert_at_B=insert_positions(placement, batch["input_mask"]))
+
+
+def insert_positions(placement: str, mask_BxL: jax.Array) -> jax.Array:
+  """Per example, the index of the token before which soft tokens placed at `placement` (prefix,
+  after_bos or suffix) go."""
   # Index arithmetic that holds for left and right padding alike.
-  mask_BxL = batch["input_mask"]
   columns = jnp.arange(mask_BxL.shape[1], dtype=jnp.int32)
+  if placement == "prefix":
+    return jnp.zeros(mask_BxL.shape[:1], jnp.int32)
   if placement == "after_bos":
-    insert_at = jnp.argmax(mask_BxL, axis=1).astype(jnp.int32) + 1  # after the first valid token
-  else:
-    insert_at = jnp.max(jnp.where(mask_BxL, columns + 1, 0), axis=1)  # after the last valid token
-  return Prompt(embeddings_BxPxD=embeddings, insert_at_B=insert_at)
+    return jnp.argmax(mask_BxL, axis=1).astype(jnp.int32) + 1  # after the first valid token
+  return jnp.max(jnp.where(mask_BxL, columns + 1, 0), axis=1)  # after the last valid token
 
 
 class SoftPrompt(nn.Module):
