@@ -1,4 +1,12 @@
-"""`python -m jaxprompt.infer`: greedy decoding with a frozen T5, optionally with a trained prompt.
+"""`python -m jaxprompt.infer`: inference with a frozen backbone and trained prompts.
+
+With a prompt bank (any family, any prompt method; jaxprompt/serving/): a jsonl file of requests,
+each naming one of the bank's prompts, in one jsonl file of answers out, prompts mixed in every
+batch (file_inference.py says what a line holds):
+
+    python -m jaxprompt.infer --bank=bank.json --input=requests.jsonl --output=answers.jsonl [--skip_bad_lines]
+
+Plain texts, greedily decoded by a T5 with at most one exported soft prompt:
 
     python -m jaxprompt.infer --checkpoint=google/flan-t5-small \
         --text="translate English to German: The house is wonderful."
@@ -12,16 +20,20 @@ defaults to the checkpoint (a Hub id or a directory holding spiece.model).
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import jax
 import numpy as np
+import tqdm
 from absl import app, flags
 
 from jaxprompt.models.prompt import Prompt
 from jaxprompt.models.t5 import T5
 from jaxprompt.models.t5_decoding import greedy_decode
+from jaxprompt.serving.bank_file import load_bank_file
+from jaxprompt.serving.file_inference import infer_file
 from jaxprompt.weights.t5_loader import load_t5
 from jaxprompt.weights.tokenizer import SentencePieceTokenizer, load_t5_tokenizer
 
@@ -30,6 +42,10 @@ _TOKENIZER = flags.DEFINE_string("tokenizer", None, "spiece.model, a directory h
 _TEXT = flags.DEFINE_multi_string("text", [], "An input text; repeat for several.")
 _INPUT = flags.DEFINE_string("input", None, "A file with one input text per line.")
 _PROMPT = flags.DEFINE_string("prompt", None, "An exported soft prompt (.npy, [P, d_model]) placed before each input.")
+_BANK = flags.DEFINE_string("bank", None, "A prompt bank's JSON file (serving/bank_file.py): --input is then jsonl.")
+_OUTPUT = flags.DEFINE_string("output", None, "With --bank: the jsonl file of answers, one per served line.")
+_SKIP_BAD_LINES = flags.DEFINE_bool("skip_bad_lines", False, "With --bank: report bad lines and go on (default: stop).")
+_CHUNK = flags.DEFINE_integer("chunk_size", 1024, "With --bank: lines read, sorted by length and served together.")
 _MAX_DECODE_LEN = flags.DEFINE_integer("max_decode_len", 32, "Most tokens generated per input.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 16, "Inputs decoded together.")
 _DTYPE = flags.DEFINE_enum(
@@ -67,8 +83,22 @@ def decode_texts(
   return outputs
 
 
+def infer_with_bank() -> None:
+  if not (_INPUT.value and _OUTPUT.value):
+    raise app.UsageError("--bank needs --input (jsonl requests) and --output (jsonl answers)")
+  bank = load_bank_file(_BANK.value)
+  with tqdm.tqdm(desc="lines", unit=" lines") as bar:
+    summary = infer_file(bank, _INPUT.value, _OUTPUT.value, _SKIP_BAD_LINES.value, _CHUNK.value, bar.update)
+  for problem in summary.problems:
+    print(f"skipped {problem}", file=sys.stderr)
+  print(f"{summary.served} lines served to {_OUTPUT.value}, {summary.skipped} skipped", file=sys.stderr)
+
+
 def main(argv: Sequence[str]) -> None:
   del argv
+  if _BANK.value:
+    infer_with_bank()
+    return
   texts = list(_TEXT.value)
   if _INPUT.value:
     texts += Path(_INPUT.value).read_text(encoding="utf-8").splitlines()
