@@ -34,6 +34,20 @@ class PromptBank:
         return i
     raise KeyError(f"no prompt {name!r} in the bank; it holds {[p.name for p in self.prompts]}")
 
+  def with_prompts(self, sources: Sequence[PromptSource]) -> PromptBank:
+    """A new bank on the same backbone with the prompts of `sources` added (a name already in the
+    bank is replaced: a prompt retrained in place). This bank keeps serving unchanged meanwhile,
+    so a server swaps its reference when the new one is ready."""
+    names = {source.name for source in sources}
+    kept = [p for p in self.prompts if p.name not in names]
+    return _assemble(self.exp, (*kept, *(load_prompt(s, self.exp.backbone, self.exp.mesh) for s in sources)))
+
+  def without_prompts(self, names: Sequence[str]) -> PromptBank:
+    """A new bank on the same backbone without the named prompts."""
+    for name in names:
+      self.prompt_id(name)  # an unknown name is an error, not a silent no-op
+    return _assemble(self.exp, tuple(p for p in self.prompts if p.name not in set(names)))
+
 
 def load_bank(config: ml_collections.ConfigDict, sources: Sequence[PromptSource]) -> PromptBank:
   """The backbone of `config` (its model, mesh and rules) with the prompts of `sources`, each
@@ -46,7 +60,15 @@ def load_bank(config: ml_collections.ConfigDict, sources: Sequence[PromptSource]
   backbone_only = config.copy_and_resolve_references()
   backbone_only.prompt.method = "none"  # the bank's prompts come from `sources`
   exp = experiment.build(backbone_only)
-  prompts = tuple(load_prompt(source, exp.backbone, exp.mesh) for source in sources)
+  return _assemble(exp, tuple(load_prompt(source, exp.backbone, exp.mesh) for source in sources))
+
+
+def _assemble(exp: experiment.Experiment, prompts: tuple[LoadedPrompt, ...]) -> PromptBank:
+  """The tables, label space and step of `prompts` on the loaded backbone of `exp`. The step is
+  compiled anew for the tables' shapes (a bank of other lengths or sizes is another program)."""
+  if not prompts:
+    raise ValueError("a bank needs at least one prompt")
+  config = exp.config
   parts = [prompt.parts for prompt in prompts]
   method = bank_prompt(parts, exp.backbone.family.attention_shapes(exp.backbone.config), exp.backbone.embed_dim,
                        exp.backbone.hidden_dim)

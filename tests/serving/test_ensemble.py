@@ -8,31 +8,13 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from jaxprompt import experiment
-from jaxprompt.serving.bank import load_bank
 from jaxprompt.serving.ensemble import ensemble_classify
-from jaxprompt.serving.loading import PromptSource
 from jaxprompt.serving.requests import Request, serve
-from tests.run_configs import apply_overrides, tiny_config
-from tests.serving.saved_prompts import eval_records, save_run
-
-MEMBERS = ("sst2-a", "sst2-b", "sst2-c")
+from tests.serving.conftest import MEMBERS
 
 
-@pytest.fixture(scope="module")
-def bank_and_records(tmp_path_factory):
-  root = tmp_path_factory.mktemp("ensemble")
-  configs = {name: tiny_config("sst2", **{"prompt.length": 2 + i, "prompt.init": "uniform"})
-             for i, name in enumerate(MEMBERS)}
-  configs["rte"] = tiny_config("rte", **{"prompt.length": 2})
-  base = experiment.build(apply_overrides(tiny_config("sst2"), **{"prompt.method": "none"}))
-  sources = [PromptSource(name, config, str(save_run(config, base.backbone, base.mesh, root / name, seed)))
-             for seed, (name, config) in enumerate(configs.items())]
-  return load_bank(tiny_config("sst2"), sources), eval_records(configs[MEMBERS[0]], 6)
-
-
-def test_the_one_pass_ensemble_combines_what_each_prompt_gives_alone(bank_and_records):
-  bank, records = bank_and_records
+def test_the_one_pass_ensemble_combines_what_each_prompt_gives_alone(sst2_bank):
+  bank, _, records = sst2_bank
   alone = {name: serve(bank, [Request(name, r) for r in records]) for name in MEMBERS}
   labels = bank.prompts[0].spec.label_names
   for reduction in ("mean", "vote"):
@@ -49,8 +31,8 @@ def test_the_one_pass_ensemble_combines_what_each_prompt_gives_alone(bank_and_re
         assert answer.label == votes.most_common(1)[0][0]
 
 
-def test_an_ensemble_needs_one_label_set_and_a_known_reduction(bank_and_records):
-  bank, records = bank_and_records
+def test_an_ensemble_needs_one_label_set_and_a_known_reduction(sst2_bank):
+  bank, _, records = sst2_bank
   with pytest.raises(ValueError, match="the same labels"):
     ensemble_classify(bank, ("sst2-a", "rte"), records)
   with pytest.raises(ValueError, match="'median' is not one of"):
