@@ -53,7 +53,7 @@ def read_bank_file(path: str) -> tuple[ml_collections.ConfigDict, list[PromptSou
   if not isinstance(spec, dict) or not isinstance(spec.get("backbone"), str):
     raise BankFileError(f'{file}: needs an object with "backbone": "<config file>[:<argument>]"')
   shared = _overrides(spec, file, "overrides")
-  config = _config(spec["backbone"], shared, file, "backbone")
+  config = config_with_overrides(spec["backbone"], shared, f"{file}: backbone")
   prompts = spec.get("prompts")
   if not isinstance(prompts, list) or not prompts:
     raise BankFileError(f'{file}: "prompts" must be a non-empty list')
@@ -63,7 +63,7 @@ def read_bank_file(path: str) -> tuple[ml_collections.ConfigDict, list[PromptSou
     if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not isinstance(entry.get("path"), str):
       raise BankFileError(f'{file}: {where} needs "name" and "path" strings, got {entry!r:.200}')
     own = {**shared, **_overrides(entry, file, f"{where}.overrides")}
-    prompt_config = _config(entry.get("config", spec["backbone"]), own, file, f"{where}.config")
+    prompt_config = config_with_overrides(entry.get("config", spec["backbone"]), own, f"{file}: {where}.config")
     sources.append(PromptSource(entry["name"], prompt_config, str(file.parent / entry["path"])))
   return config, sources
 
@@ -87,22 +87,24 @@ def config_from_file(name: str) -> ml_collections.ConfigDict:
   return module.get_config(argument) if argument else module.get_config()
 
 
-def _config(name: str, overrides: dict[str, Any], file: Path, where: str) -> ml_collections.ConfigDict:
+def config_with_overrides(name: str, overrides: dict[str, Any], where: str) -> ml_collections.ConfigDict:
+  """The config file `name` (`path[:argument]`) with dotted-key `overrides` (JSON values) set;
+  errors begin with `where` (the file and entry, or the HTTP request, that gave them)."""
   try:
     config = config_from_file(name)
   except Exception as e:  # the config file's own error (a bad argument, a missing file)
-    raise BankFileError(f"{file}: {where} {name!r}: {e}") from e
+    raise BankFileError(f"{where} {name!r}: {e}") from e
   for key, value in overrides.items():
     *parents, leaf = key.split(".")
     node = config
     for part in parents:
       if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
-        raise BankFileError(f"{file}: {where}: override {key!r}: the config has no section {part!r}")
+        raise BankFileError(f"{where}: override {key!r}: the config has no section {part!r}")
       node = node[part]
     if leaf not in node:
-      raise BankFileError(f"{file}: {where}: override {key!r}: the config has no key {leaf!r}")
+      raise BankFileError(f"{where}: override {key!r}: the config has no key {leaf!r}")
     try:
       node[leaf] = tuple(value) if isinstance(value, list) else value  # JSON lists are config tuples
     except (TypeError, ValueError) as e:
-      raise BankFileError(f"{file}: {where}: override {key!r}={value!r}: {e}") from None
+      raise BankFileError(f"{where}: override {key!r}={value!r}: {e}") from None
   return config
