@@ -28,11 +28,13 @@ class PromptBank:
   labels: LabelSpace
   eval_step: Callable[..., dict[str, jax.Array]]  # (tables, frozen, batch, label targets, label mask) -> outputs
 
+  def __post_init__(self):
+    self._ids = {prompt.name: i for i, prompt in enumerate(self.prompts)}  # looked up once per request
+
   def prompt_id(self, name: str) -> int:
-    for i, prompt in enumerate(self.prompts):
-      if prompt.name == name:
-        return i
-    raise KeyError(f"no prompt {name!r} in the bank; it holds {[p.name for p in self.prompts]}")
+    if name not in self._ids:
+      raise KeyError(f"no prompt {name!r} in the bank; it holds {[p.name for p in self.prompts]}")
+    return self._ids[name]
 
   def with_prompts(self, sources: Sequence[PromptSource]) -> PromptBank:
     """A new bank on the same backbone with the prompts of `sources` added (a name already in the
