@@ -1,4 +1,5 @@
-"""Greedy generation for the Llama-style decoder with a key/value cache."""
+"""Generation for the Llama-style decoder with a key/value cache: each token chosen greedily or
+sampled per example (models/sampling.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import jax.numpy as jnp
 
 from jaxprompt.models.llama import Llama
 from jaxprompt.models.prompt import Prompt
+from jaxprompt.models.sampling import Sampling, next_tokens
 
 
 def greedy_generate(
@@ -27,7 +29,7 @@ def greedy_generate(
   tokens) are run once to fill the cache; each new token then costs one step.
   """
   last_hidden, cache = prefill(model, params, input_ids_BxL, input_mask_BxL, max_new_tokens, prompt)
-  return greedy_continue(model, params, cache, last_hidden, max_new_tokens, step_prompt(prompt), eos_id, pad_id)
+  return generate_continuation(model, params, cache, last_hidden, max_new_tokens, step_prompt(prompt), eos_id, pad_id)
 
 
 def prefill(
@@ -49,17 +51,18 @@ def step_prompt(prompt: Prompt | None) -> Prompt | None:
   return None if prompt is None or prompt.encoder_self is None else Prompt(encoder_self=prompt.encoder_self)
 
 
-def greedy_continue(
+def generate_continuation(
     model: Llama, params: Any, cache: Any, last_hidden_BxD: jax.Array, max_new_tokens: int,
-    prompt: Prompt | None, eos_id: int | None, pad_id: int,
+    prompt: Prompt | None, eos_id: int | None, pad_id: int, sampling: Sampling | None = None,
 ) -> jax.Array:
-  """Greedy tokens [B, max_new_tokens] after a prefilled cache whose last hidden state is given."""
+  """Tokens [B, max_new_tokens] after a prefilled cache whose last hidden state is given: greedy,
+  or with `sampling` each example's own choice."""
   batch = last_hidden_BxD.shape[0]
 
-  def next_token(hidden_BxD):
-    return jnp.argmax(model.apply(params, hidden_BxD, method=Llama.logits), axis=-1).astype(jnp.int32)
+  def next_token(hidden_BxD, i):
+    return next_tokens(model.apply(params, hidden_BxD, method=Llama.logits), i, sampling)
 
-  first = next_token(last_hidden_BxD)
+  first = next_token(last_hidden_BxD, 0)
   tokens = jnp.full((batch, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first)
   done = jnp.zeros((batch,), bool) if eos_id is None else first == eos_id
 
@@ -70,7 +73,7 @@ def greedy_continue(
   def body(state):
     i, last, cache, tokens, done = state
     hidden, _, cache = model.apply(params, last[:, None], jnp.ones((batch, 1), bool), prompt, cache)
-    nxt = jnp.where(done, pad_id, next_token(hidden[:, -1]))
+    nxt = jnp.where(done, pad_id, next_token(hidden[:, -1], i))
     if eos_id is not None:
       done = done | (nxt == eos_id)
     return i + 1, nxt, cache, tokens.at[:, i].set(nxt), done

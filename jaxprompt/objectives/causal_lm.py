@@ -8,7 +8,8 @@ states predict the T target tokens.
                PET's loss: a softmax over the verbalizer's label words only (one token each)
     eval_step: one prefill of the inputs into the cache, then from it: the gold target's
                log-likelihood, every label's score (rank classification; multi-token labels sum
-               their tokens), and the greedy decoding
+               their tokens), and the decoding: greedy, or sampled per example where the batch
+               carries sampling settings (models/sampling.py)
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxprompt.models.llama import Llama
-from jaxprompt.models.llama_decoding import greedy_continue, prefill, step_prompt
+from jaxprompt.models.llama_decoding import generate_continuation, prefill, step_prompt
 from jaxprompt.models.prompt import extended_by, repeat_examples
+from jaxprompt.models.sampling import sampling_of
 from jaxprompt.objectives import multi_mask
 from jaxprompt.steps import Batch, class_cross_entropy, token_log_likelihood
 from jaxprompt.tasks import cloze
@@ -114,7 +116,8 @@ def eval_step(
   out = {
       "target_logp": continuation_logp(batch["targets"], batch["target_mask"], cache, last_BxD, kv_prompt),
       "target_tokens": jnp.sum(batch["target_mask"], axis=1),
-      "decoded": greedy_continue(model, frozen, cache, last_BxD, max_decode_len, kv_prompt, eos_id, pad_id),
+      "decoded": generate_continuation(model, frozen, cache, last_BxD, max_decode_len, kv_prompt, eos_id, pad_id,
+                                       sampling_of(batch)),
   }
   if choices:
     batch_size, num_labels, _ = batch["candidates"].shape

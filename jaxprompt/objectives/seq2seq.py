@@ -3,7 +3,8 @@
     loss_sum:  summed target-token cross-entropy under teacher forcing
     eval_step: the gold target's log-likelihood, every label's score (rank classification, one
                batched pass: the encoder runs once per example, the decoder over B x C candidates),
-               and the greedy decoding
+               and the decoding: greedy, or sampled per example where the batch carries
+               sampling settings (models/sampling.py)
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxprompt.models.prompt import repeat_examples
+from jaxprompt.models.sampling import sampling_of
 from jaxprompt.models.t5 import T5, shift_right
-from jaxprompt.models.t5_decoding import greedy_decode_encoded
+from jaxprompt.models.t5_decoding import decode_encoded
 from jaxprompt.objectives import multi_mask
 from jaxprompt.steps import Batch, token_log_likelihood
 from jaxprompt.tasks import features as features_lib
@@ -85,7 +87,7 @@ def eval_step(
   out = {
       "target_logp": token_log_likelihood(gold, batch["targets"], batch["target_mask"]),
       "target_tokens": jnp.sum(batch["target_mask"], axis=1),
-      "decoded": greedy_decode_encoded(model, frozen, encoded, encoder_mask, max_decode_len, prompt),
+      "decoded": decode_encoded(model, frozen, encoded, encoder_mask, max_decode_len, prompt, sampling_of(batch)),
   }
   if choices:
     scores, valid = _choice_scores(model, frozen, batch, prompt, None)

@@ -18,13 +18,18 @@ still queued for a prompt just removed gets a 404.
 
 A prompt given as a string fills the task's one input field; an object gives the task's fields
 by name (our extension: a two-field task such as RTE reads {"premise": ..., "hypothesis": ...}).
-Decoding is greedy, so sampling parameters other than their greedy values are refused with a 400.
+Completions sample as OpenAI's do: `temperature` (default 1; 0 is greedy) and `top_p` (default 1),
+`n` completions per prompt; with a `seed` the same request gives the same texts, choice i drawing
+with seed + i (without one, the server draws a seed per request). Streaming, best_of, penalties,
+echo, logprobs and logit_bias are refused with a 400 naming the field.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import secrets
 import signal
 import time
 import uuid
@@ -47,11 +52,13 @@ from jaxprompt.serving.loading import PromptSource
 from jaxprompt.serving.warmup import warm_up
 
 RETRY_AFTER_S = "1"  # a full queue drains within a few batches
+MAX_N = 16  # completions per prompt: each is a row of a batch
+MAX_TEMPERATURE = 2.0  # OpenAI's bound
 _PROMPTS = (str, dict, list)
-# OpenAI's completion parameters that greedy decoding has only one value of: anything else is refused.
-_GREEDY = {"n": 1, "best_of": 1, "stream": False, "temperature": 0, "top_p": 1, "presence_penalty": 0,
-           "frequency_penalty": 0, "echo": False}
-_ACCEPTED = {"model", "prompt", "max_tokens", "stop", "seed", "user", "logprobs", "logit_bias", "suffix", *_GREEDY}
+# OpenAI's completion parameters this server has only their default of: anything else is refused.
+_DEFAULT_ONLY = {"best_of": 1, "stream": False, "presence_penalty": 0, "frequency_penalty": 0, "echo": False}
+_ACCEPTED = {"model", "prompt", "max_tokens", "stop", "seed", "user", "logprobs", "logit_bias", "suffix", "n",
+             "temperature", "top_p", *_DEFAULT_ONLY}
 
 
 class Service:
@@ -114,18 +121,18 @@ async def _completions(http: HttpRequest) -> JSONResponse:
   unknown = sorted(set(body) - _ACCEPTED)
   if unknown:
     raise ApiError(400, f"unrecognized request argument(s) {unknown}", unknown[0])
-  for name, only in _GREEDY.items():
+  for name, only in _DEFAULT_ONLY.items():
     value = field(body, name, type(only) if type(only) is bool else (int, float))
     if value is not None and value != only:
-      raise ApiError(400, f"{name}={value!r} is not supported: this server decodes greedily, one completion per"
-                     f" prompt, without streaming ({name} may only be {only!r})", name, "unsupported_value")
+      raise ApiError(400, f"{name}={value!r} is not supported: this server returns each completion whole, without"
+                     f" penalties ({name} may only be {only!r})", name, "unsupported_value")
   for name in ("logprobs", "suffix"):
     if body.get(name) is not None:
       raise ApiError(400, f"{name!r} is not supported", name, "unsupported_value")
   if field(body, "logit_bias", dict):
     raise ApiError(400, "'logit_bias' is not supported", "logit_bias", "unsupported_value")
-  field(body, "seed", int)  # greedy decoding is deterministic: any seed gives the same text
   field(body, "user", str)
+  n, sampling = _sampling(body)
   limit = service.bank.exp.config.max_decode_len
   max_tokens = field(body, "max_tokens", int, default=limit)
   if not 1 <= max_tokens <= limit:
@@ -134,7 +141,10 @@ async def _completions(http: HttpRequest) -> JSONResponse:
   stops = _stops(body)
   model = field(body, "model", str, required=True)
   checked = _checked_inputs(service, model, body, "prompt")
-  responses = await _submit(service, checked)
+  # n copies of each prompt side by side (OpenAI's choice order), copy i drawing with seed + i
+  copies = [dataclasses.replace(c, request=dataclasses.replace(c.request, sampling=dataclasses.replace(
+      sampling, seed=sampling.seed + i * n + j))) for i, c in enumerate(checked) for j in range(n)]
+  responses = await _submit(service, copies)
   choices, completion_tokens = [], 0
   codec, tokenizer = service.bank.exp.backbone.codec, service.bank.exp.backbone.tokenizer
   for i, response in enumerate(responses):
@@ -266,6 +276,23 @@ async def _submit(service: Service, checked: list[CheckedInput]) -> list[request
   except KeyError as e:  # the bank was swapped for one without the prompt while the request waited
     raise ApiError(404, f"the model was removed while the request waited: {e.args[0]}", "model",
                    "model_not_found") from None
+
+
+def _sampling(body: Mapping[str, Any]) -> tuple[int, requests_lib.SamplingParams]:
+  """(n, the settings of the first completion) of a completions body, each field checked."""
+  n = field(body, "n", int, default=1)
+  if not 1 <= n <= MAX_N:
+    raise ApiError(400, f"n={n} is outside [1, {MAX_N}]", "n")
+  temperature = field(body, "temperature", (int, float), default=1.0)
+  if not 0 <= temperature <= MAX_TEMPERATURE:
+    raise ApiError(400, f"temperature={temperature!r} is outside [0, {MAX_TEMPERATURE}]", "temperature")
+  top_p = field(body, "top_p", (int, float), default=1.0)
+  if not 0 < top_p <= 1:
+    raise ApiError(400, f"top_p={top_p!r} is outside (0, 1]", "top_p")
+  seed = field(body, "seed", int)
+  if seed is None:  # a fresh draw per request, as OpenAI's sampling without a seed
+    seed = secrets.randbits(31)
+  return n, requests_lib.SamplingParams(float(temperature), float(top_p), seed)
 
 
 def _stops(body: Mapping[str, Any]) -> list[str]:

@@ -2,9 +2,11 @@
 across prompts, one jitted step per batch, and read back per request.
 
 A request names a prompt and gives a record's fields, as the prompt's task template (or cloze
-pattern) reads them. Its response holds, where the bank's step computes them, the rank
-classification over its task's classes (the best label and every label's score) and the greedy
-generation.
+pattern) reads them, and how its text is generated: greedily (the default) or sampled with its
+own temperature, top-p and seed. Its response holds, where the bank's step computes them, the rank
+classification over its task's classes (the best label and every label's score) and the generation.
+Sampling settings travel as batch columns (models/sampling.py), so greedy and sampled requests
+share a batch and one compiled step.
 """
 
 from __future__ import annotations
@@ -18,25 +20,47 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from jaxprompt import sharding as sharding_lib
+from jaxprompt.models import sampling as sampling_lib
 from jaxprompt.serving.bank import PromptBank
 from jaxprompt.tasks import features as features_lib
 from jaxprompt.tasks import pipeline
 from jaxprompt.tasks.records import Record
 
 SCORE_KEYS = ("label_scores", "class_logits")  # rank classification's scores / a verbalizer's or head's logits
+SEED_MODULUS = 2**31  # seeds are taken modulo this: the step's seed column is int32
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+  """How a request's text is generated: temperature 0 is greedy (top_p and seed then do nothing)."""
+
+  temperature: float = 0.0
+  top_p: float = 1.0
+  seed: int = 0
+
+  def __post_init__(self):
+    if not 0.0 <= self.temperature < float("inf"):
+      raise ValueError(f"temperature={self.temperature!r} must be finite and >= 0")
+    if not 0.0 < self.top_p <= 1.0:
+      raise ValueError(f"top_p={self.top_p!r} must be in (0, 1]")
+
+
+GREEDY = SamplingParams()
+GREEDY_FILLERS = (0.0, 1.0, 0)  # a padding row's temperature, top_p and seed
 
 
 @dataclasses.dataclass(frozen=True)
 class Request:
   prompt: str  # a bank prompt's name
   fields: Mapping[str, Any]  # the record its task renders
+  sampling: SamplingParams = GREEDY
 
 
 @dataclasses.dataclass(frozen=True)
 class Response:
   label: str | None  # the best class's label name; None: the task has no classes
   scores: dict[str, float]  # per label name, what rank classification compares (log-probability or logit)
-  text: str | None  # the greedy generation; None where the backbone generates nothing (encoders)
+  text: str | None  # the generation; None where the backbone generates nothing (encoders)
 
 
 def render(bank: PromptBank, requests: Sequence[Request]) -> list[features_lib.Feature]:
@@ -57,23 +81,24 @@ def step_outputs(bank: PromptBank, requests: Sequence[Request]) -> dict[str, np.
   config = bank.exp.config
   feats = render(bank, requests)
   order = np.argsort([len(f.inputs) for f in feats], kind="stable")  # similar lengths pad to small buckets
-  prompt_ids = np.array([bank.prompt_id(r.prompt) for r in requests], np.int32)[order]
+  columns_N = _request_columns(bank, requests, order)
   size = config.eval_batch_size
   batches = pipeline.eval_batches([feats[i] for i in order], size, config.data.max_input_len,
                                   config.data.max_target_len, tuple(config.data.bucket_lengths),
                                   jax.process_index(), jax.process_count(), bank.exp.backbone.codec.pad_inputs_left)
-  columns: dict[str, list[np.ndarray]] = {}
+  gathered: dict[str, list[np.ndarray]] = {}
   with sharding_lib.activate(bank.exp.mesh, bank.exp.rules):
     for start, local in zip(range(0, len(feats), size), batches, strict=True):
-      ids = np.full(size, -1, np.int32)
-      ids[: len(prompt_ids[start : start + size])] = prompt_ids[start : start + size]
-      local["prompt_id"] = _local_rows(ids)
+      for key, (column_N, filler) in columns_N.items():  # padding rows: any prompt, greedy
+        rows = np.full(size, filler, column_N.dtype)
+        rows[: len(column_N[start : start + size])] = column_N[start : start + size]
+        local[key] = _local_rows(rows)
       batch = pipeline.to_global(local, bank.exp.batch_sharding)
       out = bank.eval_step(bank.tables, bank.exp.frozen, batch, bank.labels.targets_CxT, bank.labels.target_mask_CxT)
       for name, value in out.items():
-        columns.setdefault(name, []).append(np.asarray(multihost_utils.process_allgather(value, tiled=True)))
+        gathered.setdefault(name, []).append(np.asarray(multihost_utils.process_allgather(value, tiled=True)))
   outputs = {}
-  for name, parts in columns.items():  # every output is per example ([B] or [B, C]): no column depends on L
+  for name, parts in gathered.items():  # every output is per example ([B] or [B, C]): no column depends on L
     rows = np.concatenate(parts)[: len(feats)]
     outputs[name] = np.empty_like(rows)
     outputs[name][order] = rows
@@ -100,6 +125,19 @@ def serve(bank: PromptBank, requests: Sequence[Request]) -> list[Response]:
       text = tokenizer.decode(ids[: ids.index(eos_id)] if eos_id in ids else ids)
     responses.append(Response(label, by_label, text))
   return responses
+
+
+def _request_columns(bank: PromptBank, requests: Sequence[Request],
+                     order: np.ndarray) -> dict[str, tuple[np.ndarray, Any]]:
+  """The per-request batch columns (in `order`) beside the features, each with its padding value:
+  the prompt id, and the sampling settings (every batch carries them, so that one compiled step
+  serves greedy and sampled requests alike; a step that generates nothing reads none of them)."""
+  take = lambda values, dtype: np.array(values, dtype)[order]
+  settings = [r.sampling for r in requests]
+  sampling = (take([s.temperature for s in settings], np.float32), take([s.top_p for s in settings], np.float32),
+              take([s.seed % SEED_MODULUS for s in settings], np.int32))
+  return {"prompt_id": (take([bank.prompt_id(r.prompt) for r in requests], np.int32), -1),
+          **dict(zip(sampling_lib.BATCH_KEYS, zip(sampling, GREEDY_FILLERS), strict=True))}
 
 
 def _local_rows(ids_G: np.ndarray) -> np.ndarray:

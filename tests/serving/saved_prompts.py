@@ -12,9 +12,12 @@ import numpy as np
 from jaxprompt import experiment
 from jaxprompt.backbones import Backbone
 from jaxprompt.checkpoint import PromptCheckpoints, export_prompt
+from jaxprompt.serving.bank import PromptBank, load_bank
+from jaxprompt.serving.loading import PromptSource
 from jaxprompt.tasks import features as features_lib
 from jaxprompt.tasks import pipeline, readers
 from jaxprompt.tasks.records import Record
+from tests.run_configs import apply_overrides
 
 
 def save_run(config: ml_collections.ConfigDict, backbone: Backbone, mesh, workdir: Path, seed: int) -> Path:
@@ -27,6 +30,18 @@ def save_run(config: ml_collections.ConfigDict, backbone: Backbone, mesh, workdi
   checkpoints.close()
   export_prompt(workdir, "best", exp.method.export(params))
   return workdir
+
+
+def saved_bank(tmp_path: Path, bank_config: ml_collections.ConfigDict, configs: dict[str, ml_collections.ConfigDict],
+               within: dict[str, str] | None = None) -> PromptBank:
+  """The bank of `configs`' prompts (seeds 0, 1, ...), each saved as a run and loaded from its
+  workdir, or from the path `within[name]` inside it (a checkpoint step, an export)."""
+  within = within or {}
+  base = experiment.build(apply_overrides(bank_config.copy_and_resolve_references(), **{"prompt.method": "none"}))
+  sources = [PromptSource(name, config, str(save_run(config, base.backbone, base.mesh, tmp_path / name, seed)
+                                            / within.get(name, "")))
+             for seed, (name, config) in enumerate(configs.items())]
+  return load_bank(bank_config, sources)
 
 
 def eval_records(config: ml_collections.ConfigDict, count: int) -> list[dict]:

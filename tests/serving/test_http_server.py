@@ -23,7 +23,7 @@ from jaxprompt import experiment
 from jaxprompt.serving.bank import load_bank
 from jaxprompt.serving.http_app import create_app
 from jaxprompt.serving.loading import PromptSource
-from jaxprompt.serving.requests import Request, serve
+from jaxprompt.serving.requests import Request, SamplingParams, serve
 from tests.conftest import SHARED_DATA
 from tests.run_configs import apply_overrides, tiny_config
 from tests.serving.http_client import RunningServer, call
@@ -101,7 +101,8 @@ def test_warm_up_compiled_every_bucket(running):
 
 def test_completions_equal_serving_the_bank(running, bank, records):
   sentence = records["sst2-prompt3"][0]["sentence"]
-  status, _, body = call(running.url + "/v1/completions", {"model": "sst2-prompt3", "prompt": sentence})
+  status, _, body = call(running.url + "/v1/completions", {"model": "sst2-prompt3", "prompt": sentence,
+                                                           "temperature": 0})
   assert status == 200, body
   assert body["object"] == "text_completion" and body["model"] == "sst2-prompt3" and body["id"].startswith("cmpl-")
   (choice,) = body["choices"]
@@ -116,6 +117,24 @@ def test_completions_equal_serving_the_bank(running, bank, records):
   for i, (choice, record) in enumerate(zip(body["choices"], RTE_RECORDS, strict=True)):
     full = _direct(bank, "rte-prefix2", record).text
     assert choice["index"] == i and full.startswith(choice["text"].strip())
+
+
+def test_completions_sample_with_their_seed(running, bank):
+  """n seeded completions per prompt equal the bank's draws with seeds seed, seed + 1, ...; the
+  same request gives the same texts; without a seed, the server draws one per request."""
+  body = {"model": "rte-prefix2", "prompt": RTE_RECORDS[:2], "n": 3, "temperature": 1.5, "top_p": 0.9, "seed": 40}
+  status, _, first = call(running.url + "/v1/completions", body)
+  assert status == 200, first
+  texts = [c["text"] for c in first["choices"]]
+  assert [c["index"] for c in first["choices"]] == list(range(6))
+  direct = serve(bank, [Request("rte-prefix2", record, SamplingParams(1.5, 0.9, 40 + i * 3 + j))
+                        for i, record in enumerate(RTE_RECORDS[:2]) for j in range(3)])
+  assert texts == [r.text for r in direct]
+  assert len(set(texts)) > 1
+  assert [c["text"] for c in call(running.url + "/v1/completions", body)[2]["choices"]] == texts
+  unseeded = {k: v for k, v in body.items() if k != "seed"}
+  draws = {tuple(c["text"] for c in call(running.url + "/v1/completions", unseeded)[2]["choices"]) for _ in range(3)}
+  assert len(draws) > 1
 
 
 def test_classify_equals_serving_the_bank(running, bank, records):
@@ -142,7 +161,7 @@ def test_concurrent_mixed_requests_are_batched_and_each_as_served_directly(runni
   def send(job):
     model, record, endpoint = job
     key = "prompt" if endpoint == "/v1/completions" else "input"
-    return call(running.url + endpoint, {"model": model, key: record})
+    return call(running.url + endpoint, {"model": model, key: record, **GREEDY[endpoint]})
 
   with concurrent.futures.ThreadPoolExecutor(16) as pool:
     results = list(pool.map(send, jobs))
@@ -161,6 +180,7 @@ def test_concurrent_mixed_requests_are_batched_and_each_as_served_directly(runni
 
 
 _LONG = " ".join(["great"] * 200)
+GREEDY = {"/v1/completions": {"temperature": 0}, "/v1/classify": {}}  # completions sample unless told not to
 
 
 @pytest.mark.parametrize("path,body,status,param,code", [
@@ -178,10 +198,14 @@ _LONG = " ".join(["great"] * 200)
     ("/v1/completions", {"model": "sst2-prompt3", "prompt": _LONG}, 400, "prompt", "context_length_exceeded"),
     ("/v1/completions", {"model": "sst2-prompt3", "prompt": "x", "max_tokens": 9}, 400, "max_tokens", None),
     ("/v1/completions", {"model": "sst2-prompt3", "prompt": "x", "max_tokens": "2"}, 400, "max_tokens", None),
-    ("/v1/completions", {"model": "sst2-prompt3", "prompt": "x", "n": 2}, 400, "n", "unsupported_value"),
+    ("/v1/completions", {"model": "sst2-prompt3", "prompt": "x", "n": 0}, 400, "n", None),
+    ("/v1/completions", {"model": "sst2-prompt3", "prompt": "x", "n": 17}, 400, "n", None),
     ("/v1/completions", {"model": "sst2-prompt3", "prompt": "x", "stream": True}, 400, "stream", "unsupported_value"),
-    ("/v1/completions", {"model": "sst2-prompt3", "prompt": "x", "temperature": 0.7}, 400, "temperature",
-     "unsupported_value"),
+    ("/v1/completions", {"model": "sst2-prompt3", "prompt": "x", "best_of": 3}, 400, "best_of", "unsupported_value"),
+    ("/v1/completions", {"model": "sst2-prompt3", "prompt": "x", "temperature": 2.5}, 400, "temperature", None),
+    ("/v1/completions", {"model": "sst2-prompt3", "prompt": "x", "temperature": "hot"}, 400, "temperature", None),
+    ("/v1/completions", {"model": "sst2-prompt3", "prompt": "x", "top_p": 0}, 400, "top_p", None),
+    ("/v1/completions", {"model": "sst2-prompt3", "prompt": "x", "seed": 1.5}, 400, "seed", None),
     ("/v1/completions", {"model": "sst2-prompt3", "prompt": "x", "top_k": 5}, 400, "top_k", None),
 ])
 def test_bad_requests_get_openai_errors(running, path, body, status, param, code):
@@ -206,7 +230,7 @@ def test_malformed_bodies_and_unknown_paths(running):
 
 
 def test_bad_requests_alongside_good_ones_leave_them_served(running, bank, records):
-  good = [{"model": "sst2-prompt3", "prompt": r["sentence"]} for r in records["sst2-prompt3"]]
+  good = [{"model": "sst2-prompt3", "prompt": r["sentence"], "temperature": 0} for r in records["sst2-prompt3"]]
   bad = [{"model": "rte-prefix2", "prompt": {"premise": "p"}}, {"model": "nope", "prompt": "x"},
          {"model": "sst2-prompt3", "prompt": _LONG}, {"model": "sst2-prompt3", "prompt": {"sentence": None}}]
   mixed = [b for pair in zip(good, bad, strict=True) for b in pair]
@@ -306,7 +330,7 @@ def test_serve_cli_drains_in_flight_requests_on_sigterm(saved, bank, tmp_path):
     assert started.wait(300), "".join(log[-30:])
     url = f"http://127.0.0.1:{port[0]}/v1/completions"
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
-      in_flight = [pool.submit(call, url, {"model": model, "prompt": record})
+      in_flight = [pool.submit(call, url, {"model": model, "prompt": record, "temperature": 0})
                    for model, record in [("rte-prefix2", RTE_RECORDS[0]), ("sst2-prompt3", "a fine film"),
                                          ("rte-prefix2", RTE_RECORDS[1])]]
       time.sleep(0.5)  # queued: the batch waits up to 1 s for more

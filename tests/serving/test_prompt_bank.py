@@ -6,13 +6,10 @@ from __future__ import annotations
 import numpy as np
 
 from configs import p_tuning_v2
-from jaxprompt import experiment
-from jaxprompt.serving.bank import load_bank
-from jaxprompt.serving.loading import PromptSource
 from jaxprompt.serving.requests import Request, serve, step_outputs
 from tests.method_runs import CASES, CLOZE_CASES, small, tiny_mlm
-from tests.run_configs import apply_overrides, small_sst2_files, tiny_config
-from tests.serving.saved_prompts import eval_records, save_run, served_alone
+from tests.run_configs import small_sst2_files, tiny_config
+from tests.serving.saved_prompts import eval_records, saved_bank, served_alone
 
 
 def _interleaved(per_prompt: dict[str, list[dict]]) -> list[Request]:
@@ -34,17 +31,6 @@ def _assert_each_as_alone(bank, requests, per_prompt):
       np.testing.assert_array_equal(mixed["decoded"][rows], alone["decoded"], err_msg=name)
 
 
-def _bank(tmp_path, bank_config, configs, within=None):
-  """The bank of `configs`' prompts (seeds 0, 1, ...), each saved as a run and loaded from its
-  workdir, or from the path `within[name]` inside it (a checkpoint step, an export)."""
-  within = within or {}
-  base = experiment.build(apply_overrides(bank_config.copy_and_resolve_references(), **{"prompt.method": "none"}))
-  sources = [PromptSource(name, config, str(save_run(config, base.backbone, base.mesh, tmp_path / name, seed)
-                                            / within.get(name, "")))
-             for seed, (name, config) in enumerate(configs.items())]
-  return load_bank(bank_config, sources)
-
-
 def test_t5_mixed_batch_equals_each_prompt_alone(tmp_path):
   """Prompt tuning of two lengths and prefix tuning (reparameterised, every attention kind) for
   three tasks with different label sets: scores and greedy generations as alone."""
@@ -54,7 +40,7 @@ def test_t5_mixed_batch_equals_each_prompt_alone(tmp_path):
                                           "prompt.reparam_hidden": 8}),
       "cb-prompt5": tiny_config("cb", **{"prompt.length": 5, "prompt.init": "vocab"}),
   }
-  bank = _bank(tmp_path, tiny_config("sst2"), configs)
+  bank = saved_bank(tmp_path, tiny_config("sst2"), configs)
   per_prompt = {name: eval_records(config, 3) for name, config in configs.items()}
   requests = _interleaved(per_prompt)
   _assert_each_as_alone(bank, requests, per_prompt)
@@ -74,7 +60,7 @@ def test_llama_mixed_batch_equals_each_prompt_alone(tmp_path):
       "prompt2-good-bad": llama(**{"prompt.method": "prompt_tuning", "prompt.length": 2, "prompt.init": "vocab",
                                    "task.verbalizer": (" bad", " good")}),
   }
-  bank = _bank(tmp_path, llama(), configs)
+  bank = saved_bank(tmp_path, llama(), configs)
   per_prompt = {name: eval_records(config, 3) for name, config in configs.items()}
   assert len(bank.labels.targets_CxT) == 4  # the two verbalizers' texts, each once
   _assert_each_as_alone(bank, _interleaved(per_prompt), per_prompt)
@@ -90,7 +76,7 @@ def test_bert_cloze_mixed_batch_equals_each_prompt_alone(tmp_path):
                                              "task.verbalizer": ("bad", "good")}),
       "prefix3": cloze(**{"prompt.method": "prefix_tuning", "prompt.length": 3}),
   }
-  bank = _bank(tmp_path, cloze(), configs)
+  bank = saved_bank(tmp_path, cloze(), configs)
   per_prompt = {name: eval_records(config, 3) for name, config in configs.items()}
   assert bank.labels.columns == ((0, 1), (2, 3), (0, 1))
   _assert_each_as_alone(bank, _interleaved(per_prompt), per_prompt)
@@ -105,7 +91,7 @@ def test_bert_heads_mixed_batch_equals_each_prompt_alone(tmp_path):
       "v2-cb-len2": small(tiny_mlm(p_tuning_v2.get_config("task=cb,data=local")), **{"prompt.length": 2}),
       "classifier-sst2": sst2(**{"prompt.method": "classifier"}),
   }
-  bank = _bank(tmp_path, sst2(), configs)
+  bank = saved_bank(tmp_path, sst2(), configs)
   per_prompt = {name: eval_records(config, 3) for name, config in configs.items()}
   assert bank.labels.columns == ((0, 1), (2, 3, 4), (5, 6))
   _assert_each_as_alone(bank, _interleaved(per_prompt), per_prompt)
@@ -122,7 +108,7 @@ def test_p_tuning_prompts_mixed_batch_equals_each_prompt_alone(tmp_path):
       "prefix2": CASES["prefix_tuning-llama"](**{"prompt.length": 2}),
   }
   within = {"p_tuning5": "prompts/best.npy", "p_tuning2": "prompts/best.npy", "prefix2": "checkpoints/1"}
-  bank = _bank(tmp_path, p_tuning(), configs, within)
+  bank = saved_bank(tmp_path, p_tuning(), configs, within)
   assert bank.method.markers and bank.method.soft_lengths == (5, 2, 0)
   assert [p.where for p in bank.prompts] == [str(tmp_path / name / path) for name, path in within.items()]
   per_prompt = {name: eval_records(config, 2) for name, config in configs.items()}
