@@ -166,6 +166,13 @@ def base_config() -> ml_collections.ConfigDict:
   config.best_metric = "eval/accuracy"  # selects the best prompt
   config.early_stopping_patience = 0  # stop after this many evals without a new best; 0: never
 
+  # A prompt bank (jaxprompt.serve, jaxprompt.infer --bank): its tables get this many spare rows
+  # (prompts) and spare label rows or head columns, so that prompts added at runtime which fit run
+  # the step already compiled; a prompt longer than the bank's longest, or with new placements or
+  # attention kinds, compiles a new one. `backbone_name`: the bank also serves the backbone without
+  # a prompt under this name (a request's text as it is, in its "text" field); "": it does not.
+  config.serving = ml_collections.ConfigDict(dict(spare_rows=8, spare_labels=0, backbone_name=""))
+
   config.checkpoint_every = 1000  # steps between checkpoints (also at every eval)
   config.keep_checkpoints = 3  # the last N are kept, plus the best
   config.async_checkpointing = True  # save in the background while training goes on

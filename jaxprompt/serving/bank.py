@@ -14,6 +14,10 @@ from jaxprompt import experiment
 from jaxprompt.serving.bank_prompt import BankPrompt, bank_prompt, bank_tables
 from jaxprompt.serving.label_space import LabelSpace, label_space
 from jaxprompt.serving.loading import LoadedPrompt, PromptSource, load_prompt
+from jaxprompt.serving.parts import PromptParts
+from jaxprompt.tasks.task_spec import TaskSpec
+
+BARE_FIELD = "text"  # the one field a request for the bare backbone gives
 
 
 @dataclasses.dataclass
@@ -42,39 +46,64 @@ class PromptBank:
     so a server swaps its reference when the new one is ready."""
     names = {source.name for source in sources}
     kept = [p for p in self.prompts if p.name not in names]
-    return _assemble(self.exp, (*kept, *(load_prompt(s, self.exp.backbone, self.exp.mesh) for s in sources)))
+    return _assemble(self.exp, (*kept, *(load_prompt(s, self.exp.backbone, self.exp.mesh) for s in sources)), self)
 
   def without_prompts(self, names: Sequence[str]) -> PromptBank:
     """A new bank on the same backbone without the named prompts."""
     for name in names:
       self.prompt_id(name)  # an unknown name is an error, not a silent no-op
-    return _assemble(self.exp, tuple(p for p in self.prompts if p.name not in set(names)))
+    return _assemble(self.exp, tuple(p for p in self.prompts if p.name not in set(names)), self)
 
 
 def load_bank(config: ml_collections.ConfigDict, sources: Sequence[PromptSource]) -> PromptBank:
   """The backbone of `config` (its model, mesh and rules) with the prompts of `sources`, each
-  restored onto it and checked against it."""
-  names = [source.name for source in sources]
+  restored onto it and checked against it, and the bare backbone under
+  config.serving.backbone_name where one is given."""
+  bare = config.serving.backbone_name
+  names = [source.name for source in sources] + ([bare] if bare else [])
   if not sources or len(set(names)) != len(names):
-    raise ValueError(f"a bank needs prompts with distinct names, got {names}")
+    raise ValueError(f"a bank needs prompts with distinct names (config.serving.backbone_name too), got {names}")
   if config.model.trainable != "none":
     raise ValueError(f"a bank serves prompts on a frozen backbone: config.model.trainable={config.model.trainable!r}")
   backbone_only = config.copy_and_resolve_references()
   backbone_only.prompt.method = "none"  # the bank's prompts come from `sources`
   exp = experiment.build(backbone_only)
-  return _assemble(exp, tuple(load_prompt(source, exp.backbone, exp.mesh) for source in sources))
+  prompts = tuple(load_prompt(source, exp.backbone, exp.mesh) for source in sources)
+  return _assemble(exp, prompts + ((bare_backbone(bare, exp),) if bare else ()))
 
 
-def _assemble(exp: experiment.Experiment, prompts: tuple[LoadedPrompt, ...]) -> PromptBank:
-  """The tables, label space and step of `prompts` on the loaded backbone of `exp`. The step is
-  compiled anew for the tables' shapes (a bank of other lengths or sizes is another program)."""
+def bare_backbone(name: str, exp: experiment.Experiment) -> LoadedPrompt:
+  """The backbone without a prompt, as a bank entry: a row with no soft tokens, prefixes or head,
+  whose task is the request's text as it is (field BARE_FIELD), nothing to classify. (Its target
+  is the text again: a task needs one, and the step's target log-likelihood is not served.)"""
+  field = "{%s}" % BARE_FIELD
+  spec = TaskSpec(name="backbone", template=field, label_names=(), verbalizer=(), target_template=field)
+  return LoadedPrompt(name, "the bare backbone", spec, None, None, PromptParts(), exp)
+
+
+def _assemble(exp: experiment.Experiment, prompts: tuple[LoadedPrompt, ...], floor: PromptBank | None = None) -> PromptBank:
+  """The tables, label space and step of `prompts` on the loaded backbone of `exp`. With `floor`
+  (the bank they change), its capacities are kept, and where the prompts fit them its compiled
+  step is reused: only the tables' contents change. Otherwise the step compiles for the new
+  capacities, with config.serving's spare rows beside the prompts' own."""
   if not prompts:
     raise ValueError("a bank needs at least one prompt")
-  config = exp.config
+  config, serving = exp.config, exp.config.serving
   parts = [prompt.parts for prompt in prompts]
-  method = bank_prompt(parts, exp.backbone.family.attention_shapes(exp.backbone.config), exp.backbone.embed_dim,
-                       exp.backbone.hidden_dim)
-  labels = label_space([prompt.spec for prompt in prompts], method, exp.backbone, config)
+  try:
+    method = bank_prompt(parts, exp.backbone.family.attention_shapes(exp.backbone.config), exp.backbone.embed_dim,
+                         exp.backbone.hidden_dim, floor.method if floor else None, serving.spare_rows,
+                         serving.spare_labels)
+  except ValueError as e:
+    if serving.backbone_name in {p.name for p in prompts}:
+      raise ValueError(f"{e} (config.serving.backbone_name={serving.backbone_name!r} serves the bare backbone, which"
+                       " has no head: leave it empty for a bank of heads)") from None
+    raise
+  labels = label_space([prompt.spec for prompt in prompts], method, exp.backbone, config,
+                       [part.num_head_classes for part in parts], serving.spare_labels,
+                       floor.labels if floor else None)
   tables = jax.device_put(bank_tables(method, parts), exp.replicated)
+  if floor is not None and method.capacity == floor.method.capacity and labels.same_program(floor.labels):
+    return PromptBank(exp, prompts, floor.method, tables, labels, floor.eval_step)
   eval_step = jax.jit(exp.backbone.eval_step(method, labels.labels, config.max_decode_len))
   return PromptBank(exp, prompts, method, tables, labels, eval_step)

@@ -1,12 +1,18 @@
 """Many prompts as one prompt method: its params are the bank's tables, and example b gets the
 prompt `batch["prompt_id"][b]`, gathered inside the step.
 
-The tables stack every prompt's parts (serving/parts.py), padded to the longest: soft tokens
-[N, Ps, D], keys and values [L, N, Pk, H, K] per attention kind, and all heads side by side
-[D, C1 + ... + CN]. Validity masks come from each prompt's own lengths, and masked slots take no
-position (models/prompt.py), so an example in a mixed batch sees exactly its own prompt: a prompt
-without soft tokens or without some prefix kind has them all masked. Heads are not gathered: every
-example gets every head's logits (a [D, C] matmul), and each request reads its own prompt's block.
+The tables stack every prompt's parts (serving/parts.py), padded to the table's capacity: soft
+tokens [R, Ps, D], keys and values [L, R, Pk, H, K] per attention kind, and all heads side by side
+[D, C]. Each prompt's lengths and placement are data too (int32 [R] tables), and validity masks
+come from them; masked slots take no position (models/prompt.py), so an example in a mixed batch
+sees exactly its own prompt: a prompt without soft tokens or without some prefix kind has them all
+masked. Heads are not gathered: every example gets every head's logits (a [D, C] matmul), and
+each request reads its own prompt's block.
+
+Only the capacities are static (rows R, the longest soft prompt and prefix, which placements and
+attention kinds occur, head columns), so a bank whose prompts still fit them is the same program:
+prompts added or removed at runtime change table contents, not the compiled step. `bank_prompt`
+with `floor` (the serving bank's method) keeps its capacities and grows only what no longer fits.
 
 A BankPrompt has a prompt method's interface (`__call__(batch) -> Prompt`, and `logits` with
 `objective` when it holds heads), so the objectives' eval steps run over mixed batches unchanged.
@@ -30,19 +36,22 @@ INSERTED = ("prefix", "after_bos", "suffix")  # placements by insertion; "marker
 
 
 class BankPrompt(nn.Module):
-  """N prompts' parts; each example's prompt is `batch["prompt_id"]` (-1, a padding row: any)."""
+  """Tables of `rows` prompts; each example's prompt is `batch["prompt_id"]` (-1, a padding row: any)."""
 
-  soft_lengths: tuple[int, ...]  # per prompt (0: no soft tokens)
-  placements: tuple[str, ...]  # per prompt: INSERTED, or "markers" for every prompt with soft tokens
+  rows: int
+  soft_length: int  # the longest soft prompt the table holds (0: no soft tokens)
+  placements: tuple[str, ...]  # where soft tokens go: INSERTED ones by a per-prompt code, or ("markers",)
   embed_dim: int
   prefix_shapes: tuple[AttentionShape, ...]  # every attention kind some prompt has prefixes for
-  prefix_lengths: tuple[tuple[int, ...], ...]  # per kind, per prompt (0: none for that kind)
+  prefix_length: tuple[int, ...]  # per kind, the longest prefix the table holds
   hidden_dim: int  # what the heads read
-  head_classes: tuple[int, ...]  # per prompt: its head's classes (all 0: no heads)
+  head_columns: int  # every head's classes side by side, spare columns included (0: no heads)
 
   @property
-  def num_prompts(self) -> int:
-    return len(self.soft_lengths)
+  def capacity(self) -> tuple:
+    """What the compiled step depends on: equal capacities, one program."""
+    return (self.rows, self.soft_length, self.placements, self.embed_dim, self.prefix_shapes, self.prefix_length,
+            self.hidden_dim, self.head_columns)
 
   @property
   def markers(self) -> bool:
@@ -51,96 +60,115 @@ class BankPrompt(nn.Module):
   @property
   def objective(self) -> str:
     """A bank of heads classifies (objectives.head); otherwise the backbone's text objective."""
-    return "classify" if any(self.head_classes) else ""
+    return "classify" if self.head_columns else ""
 
   def setup(self):
-    n = self.num_prompts
-    if any(self.soft_lengths):
-      self.soft_NxPxD = self.param("soft", nn.initializers.zeros, (n, max(self.soft_lengths), self.embed_dim))
+    r, int_rows = self.rows, lambda name: self.param(name, nn.initializers.zeros, (self.rows,), jnp.int32)
+    if self.soft_length:
+      self.soft_RxPxD = self.param("soft", nn.initializers.zeros, (r, self.soft_length, self.embed_dim))
+      self.soft_lengths_R = int_rows("soft_lengths")
+      self.placement_R = int_rows("placement")  # an index into self.placements
     prefixes = {}
-    for s, lengths in zip(self.prefix_shapes, self.prefix_lengths, strict=True):
-      size = (s.num_layers, n, max(lengths), s.num_heads, s.head_dim)
+    for s, length in zip(self.prefix_shapes, self.prefix_length, strict=True):
+      size = (s.num_layers, r, length, s.num_heads, s.head_dim)
       prefixes[s.kind] = (self.param(f"{s.kind}_keys", nn.initializers.zeros, size),
-                          self.param(f"{s.kind}_values", nn.initializers.zeros, size))
-    self.prefixes_LxNxPxHxK = prefixes
+                          self.param(f"{s.kind}_values", nn.initializers.zeros, size), int_rows(f"{s.kind}_lengths"))
+    self.prefixes_LxRxPxHxK = prefixes
     if self.objective:
-      self.head_kernel_DxC = self.param("head_kernel", nn.initializers.zeros, (self.hidden_dim, sum(self.head_classes)))
-      self.head_bias_C = self.param("head_bias", nn.initializers.zeros, (sum(self.head_classes),))
+      self.head_kernel_DxC = self.param("head_kernel", nn.initializers.zeros, (self.hidden_dim, self.head_columns))
+      self.head_bias_C = self.param("head_bias", nn.initializers.zeros, (self.head_columns,))
 
   def __call__(self, batch: dict[str, jax.Array]) -> Prompt:
-    ids_B = jnp.clip(batch["prompt_id"], 0, self.num_prompts - 1)
+    ids_B = jnp.clip(batch["prompt_id"], 0, self.rows - 1)
     fields = {}
-    if any(self.soft_lengths):
-      fields["embeddings_BxPxD"] = jnp.take(self.soft_NxPxD, ids_B, axis=0)
+    if self.soft_length:
+      fields["embeddings_BxPxD"] = jnp.take(self.soft_RxPxD, ids_B, axis=0)
       if self.markers:  # soft token i replaces the [Pi] marker: each prompt's markers name its own slots
         fields["replace_at_BxL"] = batch["soft_positions"]
       else:
-        fields["embeddings_mask_BxP"] = _valid(self.soft_lengths, ids_B)
+        fields["embeddings_mask_BxP"] = _valid(self.soft_length, self.soft_lengths_R[ids_B])
         fields["insert_at_B"] = self._insert_at(ids_B, batch["input_mask"])
-    for s, lengths in zip(self.prefix_shapes, self.prefix_lengths, strict=True):
-      keys, values = self.prefixes_LxNxPxHxK[s.kind]
-      fields[s.kind] = KVPrefix(jnp.take(keys, ids_B, axis=1), jnp.take(values, ids_B, axis=1), _valid(lengths, ids_B))
+    for s in self.prefix_shapes:
+      keys, values, lengths_R = self.prefixes_LxRxPxHxK[s.kind]
+      fields[s.kind] = KVPrefix(jnp.take(keys, ids_B, axis=1), jnp.take(values, ids_B, axis=1),
+                                _valid(keys.shape[2], lengths_R[ids_B]))
     return Prompt(**fields)
 
   def _insert_at(self, ids_B: jax.Array, mask_BxL: jax.Array) -> jax.Array | None:
     """Where each example's soft tokens go: its prompt's placement (None: all before the first token)."""
-    used = sorted({p for p in self.placements if p})
-    if used == ["prefix"]:
+    if self.placements == ("prefix",):
       return None
-    code_N = np.array([used.index(p) if p else 0 for p in self.placements], np.int32)
-    at_UxB = jnp.stack([insert_positions(p, mask_BxL) for p in used])
-    return jnp.take_along_axis(at_UxB, jnp.asarray(code_N)[ids_B][None], axis=0)[0]
+    at_UxB = jnp.stack([insert_positions(p, mask_BxL) for p in self.placements])
+    return jnp.take_along_axis(at_UxB, self.placement_R[ids_B][None], axis=0)[0]
 
   def logits(self, features_BxD: jax.Array) -> jax.Array:
-    """Every head's class logits [B, C1 + ... + CN] (float32) of pooled features."""
+    """Every head's class logits [B, C] (float32) of pooled features, spare columns included."""
     return features_BxD.astype(jnp.float32) @ self.head_kernel_DxC + self.head_bias_C
 
 
-def _valid(lengths: Sequence[int], ids_B: jax.Array) -> jax.Array:
-  """[B, max length] masks: the first `lengths[id]` slots of each example's prompt are valid."""
-  slots_1xP = jnp.arange(max(lengths))[None]
-  return slots_1xP < jnp.asarray(lengths, jnp.int32)[ids_B][:, None]
+def _valid(length: int, lengths_B: jax.Array) -> jax.Array:
+  """[B, length] masks: the first `lengths_B[b]` slots of example b's prompt are valid."""
+  return jnp.arange(length)[None] < lengths_B[:, None]
 
 
 def bank_prompt(parts: Sequence[PromptParts], shapes: tuple[AttentionShape, ...], embed_dim: int,
-                hidden_dim: int) -> BankPrompt:
-  """The BankPrompt for these prompts' parts (`shapes`: every attention kind the backbone has)."""
-  placements = tuple(p.placement for p in parts)
-  inserted = {p for p, part in zip(placements, parts) if part.soft_length and p in INSERTED}
-  if inserted and "markers" in placements:
+                hidden_dim: int, floor: BankPrompt | None = None, spare_rows: int = 0,
+                spare_head_columns: int = 0) -> BankPrompt:
+  """The BankPrompt for these prompts' parts (`shapes`: every attention kind the backbone has):
+  capacities for them plus the spare rows and head columns, and at least `floor`'s."""
+  inserted = {part.placement for part in parts if part.soft_length and part.placement in INSERTED}
+  marked = any(part.soft_length and part.placement == "markers" for part in parts) or bool(floor and floor.markers)
+  if inserted and marked:
     raise ValueError(f"P-tuning's pseudo tokens replace template markers and soft prompts placed by insertion"
                      f" ({sorted(inserted)}) cannot share a bank: serve them from two banks")
-  heads = [part.num_head_classes for part in parts]
-  if any(heads) and not all(heads):
+  heads = sum(part.num_head_classes for part in parts)
+  if (any(part.num_head_classes for part in parts) or bool(floor and floor.head_columns)) and not all(
+      part.num_head_classes for part in parts):
     raise ValueError("prompts with a head (P-tuning v2, classifier) and prompts without cannot share a bank: their"
                      " steps score differently; serve them from two banks")
-  kinds = [s for s in shapes if any(s.kind in part.prefixes for part in parts)]
-  lengths = tuple(tuple(part.prefixes[s.kind][0].shape[1] if s.kind in part.prefixes else 0 for part in parts)
-                  for s in kinds)
-  return BankPrompt(tuple(part.soft_length for part in parts), placements, embed_dim, tuple(kinds), lengths,
-                    hidden_dim, tuple(heads))
+  old = floor.placements if floor and floor.soft_length else ()
+  placements = ("markers",) if marked else old + tuple(p for p in INSERTED if p in inserted and p not in old)
+  old_kinds = dict(zip((s.kind for s in floor.prefix_shapes), floor.prefix_length)) if floor else {}
+  kinds = [s for s in shapes if s.kind in old_kinds or any(s.kind in part.prefixes for part in parts)]
+  prefix_length = tuple(max([old_kinds.get(s.kind, 0)] + [part.prefixes[s.kind][0].shape[1] for part in parts
+                                                          if s.kind in part.prefixes]) for s in kinds)
+  soft_length = max([floor.soft_length if floor else 0] + [part.soft_length for part in parts])
+  # Spare rows and columns are added when the table grows, not every time it is rebuilt.
+  rows = floor.rows if floor and len(parts) <= floor.rows else len(parts) + spare_rows
+  columns = floor.head_columns if floor and heads <= floor.head_columns else heads + spare_head_columns
+  return BankPrompt(
+      rows=rows, soft_length=soft_length,
+      placements=placements if soft_length else (), embed_dim=embed_dim, prefix_shapes=tuple(kinds),
+      prefix_length=prefix_length, hidden_dim=hidden_dim,
+      head_columns=columns if heads else 0)
 
 
 def bank_tables(method: BankPrompt, parts: Sequence[PromptParts]) -> dict[str, np.ndarray]:
-  """The BankPrompt's params: every prompt's parts stacked and padded (float32, on the host)."""
+  """The BankPrompt's params: every prompt's parts in its row, padded (on the host); unused rows
+  have length 0."""
   tables = {}
-  n = method.num_prompts
-  if any(method.soft_lengths):
-    soft = np.zeros((n, max(method.soft_lengths), method.embed_dim), np.float32)
+  r = method.rows
+  if method.soft_length:
+    soft, lengths, placement = np.zeros((r, method.soft_length, method.embed_dim), np.float32), np.zeros(r, np.int32), \
+        np.zeros(r, np.int32)
     for i, part in enumerate(parts):
       if part.soft_length:
-        soft[i, : part.soft_length] = part.soft_PxD
-    tables["soft"] = soft
-  for shape, lengths in zip(method.prefix_shapes, method.prefix_lengths, strict=True):
-    s = shape
-    keys = np.zeros((s.num_layers, n, max(lengths), s.num_heads, s.head_dim), np.float32)
-    values = np.zeros_like(keys)
+        soft[i, : part.soft_length], lengths[i] = part.soft_PxD, part.soft_length
+        placement[i] = method.placements.index(part.placement)
+    tables.update(soft=soft, soft_lengths=lengths, placement=placement)
+  for s, length in zip(method.prefix_shapes, method.prefix_length, strict=True):
+    keys = np.zeros((s.num_layers, r, length, s.num_heads, s.head_dim), np.float32)
+    values, lengths = np.zeros_like(keys), np.zeros(r, np.int32)
     for i, part in enumerate(parts):
       if s.kind in part.prefixes:
         k, v = part.prefixes[s.kind]
-        keys[:, i, : k.shape[1]], values[:, i, : v.shape[1]] = k, v
-    tables[f"{s.kind}_keys"], tables[f"{s.kind}_values"] = keys, values
+        keys[:, i, : k.shape[1]], values[:, i, : v.shape[1]], lengths[i] = k, v, k.shape[1]
+    tables.update({f"{s.kind}_keys": keys, f"{s.kind}_values": values, f"{s.kind}_lengths": lengths})
   if method.objective:
-    tables["head_kernel"] = np.concatenate([part.head_kernel_DxC for part in parts], axis=1)
-    tables["head_bias"] = np.concatenate([part.head_bias_C for part in parts])
+    kernel = np.zeros((method.hidden_dim, method.head_columns), np.float32)
+    bias = np.zeros(method.head_columns, np.float32)
+    used = sum(part.num_head_classes for part in parts)
+    kernel[:, :used] = np.concatenate([part.head_kernel_DxC for part in parts], axis=1)
+    bias[:used] = np.concatenate([part.head_bias_C for part in parts])
+    tables.update(head_kernel=kernel, head_bias=bias)
   return tables

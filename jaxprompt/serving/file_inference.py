@@ -47,10 +47,10 @@ def request_of_line(bank: PromptBank, line: str, where: str) -> Request:
     raise BadLineError(f"{where}: no prompt {name!r} in the bank; it holds {names}")
   request = Request(name, fields)
   try:
-    render(bank, [request])
+    (feature,) = render(bank, [request])
   except ValueError as e:  # DataError: a missing field, an input too long to render
     raise BadLineError(f"{where}: {e}") from None
-  return request
+  return dataclasses.replace(request, rendered=(bank.prompts[bank.prompt_id(name)].spec, feature))
 
 
 def response_row(line_number: int, request: Request, response: Response) -> dict[str, Any]:

@@ -95,7 +95,7 @@ def checked_input(bank: PromptBank, model: str, value: Any, param: str) -> Check
   if stats.longest_input > data.max_input_len:
     raise ApiError(400, f"{param!r} renders to {stats.longest_input} tokens, more than the {data.max_input_len}"
                    " this server's inputs may have", param, "context_length_exceeded")
-  return CheckedInput(Request(model, value), len(feature.inputs))
+  return CheckedInput(Request(model, value, rendered=(spec, feature)), len(feature.inputs))
 
 
 def _nested(path: str, value: Any) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from jaxprompt.serving.bank import PromptBank
 from jaxprompt.tasks import features as features_lib
 from jaxprompt.tasks import pipeline
 from jaxprompt.tasks.records import Record
+from jaxprompt.tasks.task_spec import TaskSpec
 
 SCORE_KEYS = ("label_scores", "class_logits")  # rank classification's scores / a verbalizer's or head's logits
 SEED_MODULUS = 2**31  # seeds are taken modulo this: the step's seed column is int32
@@ -54,6 +55,9 @@ class Request:
   prompt: str  # a bank prompt's name
   fields: Mapping[str, Any]  # the record its task renders
   sampling: SamplingParams = GREEDY
+  # Its feature where it was rendered already (a server checks each request alone first), with the
+  # task it was rendered for: a prompt replaced meanwhile by one of another task renders it anew.
+  rendered: tuple[TaskSpec, features_lib.Feature] | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +73,9 @@ def render(bank: PromptBank, requests: Sequence[Request]) -> list[features_lib.F
   feats = []
   for i, request in enumerate(requests):
     spec = bank.prompts[bank.prompt_id(request.prompt)].spec
+    if request.rendered is not None and request.rendered[0] == spec:
+      feats.append(request.rendered[1])
+      continue
     # A multi-token cloze verbalizer is refused when the bank is built: one mask per pattern.
     (feature,), _ = features_lib.featurize([Record(dict(request.fields), f"request {i} ({request.prompt})")], spec,
                                            codec, config.data.max_input_len, config.data.max_target_len)

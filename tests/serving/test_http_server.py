@@ -31,6 +31,7 @@ from tests.serving.saved_prompts import eval_records, save_run
 
 REPO = Path(__file__).resolve().parents[2]
 BUCKETS = (32, 64)  # two input buckets: warm-up compiles both
+BARE = "t5-tiny"  # the bare backbone's model name
 RTE_RECORDS = [  # RTE's dev premises are longer than tiny T5's 64 input tokens
     {"premise": "A man is playing a guitar on a stage.", "hypothesis": "A man plays music."},
     {"premise": "The cat sleeps on the warm windowsill all afternoon.", "hypothesis": "A dog is running."},
@@ -47,7 +48,7 @@ def _configs():
 
 
 def _bank_config():
-  return tiny_config("sst2", **{"data.bucket_lengths": BUCKETS})
+  return tiny_config("sst2", **{"data.bucket_lengths": BUCKETS, "serving.backbone_name": BARE})
 
 
 @pytest.fixture(scope="module")
@@ -87,10 +88,10 @@ def _direct(bank, model, fields):
 def test_models_lists_the_prompts(running):
   status, _, body = call(running.url + "/v1/models")
   assert status == 200 and body["object"] == "list"
-  assert [m["id"] for m in body["data"]] == ["sst2-prompt3", "rte-prefix2"]
+  assert [m["id"] for m in body["data"]] == ["sst2-prompt3", "rte-prefix2", BARE]
   assert all(m["object"] == "model" and m["owned_by"] and m["parent"] == m["root"] == "t5-tiny (random init)"
              for m in body["data"])
-  assert [m["fields"] for m in body["data"]] == [["sentence"], ["hypothesis", "premise"]]
+  assert [m["fields"] for m in body["data"]] == [["sentence"], ["hypothesis", "premise"], ["text"]]
   assert call(running.url + "/health")[:1] == (200,)
 
 
@@ -117,6 +118,14 @@ def test_completions_equal_serving_the_bank(running, bank, records):
   for i, (choice, record) in enumerate(zip(body["choices"], RTE_RECORDS, strict=True)):
     full = _direct(bank, "rte-prefix2", record).text
     assert choice["index"] == i and full.startswith(choice["text"].strip())
+
+
+def test_the_bare_backbone_completes_text(running, bank):
+  status, _, body = call(running.url + "/v1/completions", {"model": BARE, "prompt": "a quiet film", "temperature": 0})
+  assert status == 200, body
+  assert body["choices"][0]["text"] == _direct(bank, BARE, {"text": "a quiet film"}).text
+  status, _, body = call(running.url + "/v1/classify", {"model": BARE, "input": "a quiet film"})
+  assert status == 400 and body["error"]["param"] == "model" and "no classes" in body["error"]["message"], body
 
 
 def test_completions_sample_with_their_seed(running, bank):
@@ -249,9 +258,11 @@ def test_prompts_are_added_and_removed_at_runtime(running, saved, records):
                "mesh.data": 2, "mesh.fsdp": 4}
   body = {"name": "sst2-copy", "config": str(REPO / "configs" / "t5_prompt.py") + ":size=tiny,task=sst2,data=local",
           "overrides": overrides, "path": str(saved["sst2-prompt3"][1])}
+  step = running.service.bank.eval_step
   status, _, added = call(url + "/v1/prompts", body)
   assert status == 201 and added["id"] == "sst2-copy" and added["fields"] == ["sentence"], added
-  assert [m["id"] for m in call(url + "/v1/models")[2]["data"]] == ["sst2-prompt3", "rte-prefix2", "sst2-copy"]
+  assert running.service.bank.eval_step is step and step._cache_size() == running.compiled  # it fit: no compile
+  assert [m["id"] for m in call(url + "/v1/models")[2]["data"]] == ["sst2-prompt3", "rte-prefix2", BARE, "sst2-copy"]
   copy, original = (call(url + "/v1/classify", {"model": m, "input": inputs})[2]["data"] for m in ("sst2-copy",
                                                                                                    "sst2-prompt3"))
   for a, b in zip(copy, original, strict=True):
@@ -264,7 +275,7 @@ def test_prompts_are_added_and_removed_at_runtime(running, saved, records):
   status, _, error = call(url + "/v1/classify", {"model": "sst2-copy", "input": inputs})
   assert status == 404 and error["error"]["code"] == "model_not_found"
   assert call(url + "/v1/prompts/sst2-copy", method="DELETE")[0] == 404
-  assert [m["id"] for m in call(url + "/v1/models")[2]["data"]] == ["sst2-prompt3", "rte-prefix2"]
+  assert [m["id"] for m in call(url + "/v1/models")[2]["data"]] == ["sst2-prompt3", "rte-prefix2", BARE]
 
 
 def test_full_queue_and_shutdown(bank):

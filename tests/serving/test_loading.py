@@ -56,4 +56,5 @@ def test_prompts_whose_steps_differ_cannot_share_a_bank():
     bank_prompt([soft("markers"), soft("suffix")], (), 8, 8)
   with pytest.raises(ValueError, match="prompts with a head .* and prompts without cannot share a bank"):
     bank_prompt([soft("prefix"), head], (), 8, 8)
-  assert bank_prompt([soft("prefix"), soft("suffix"), PromptParts()], (), 8, 8).soft_lengths == (2, 2, 0)
+  both = bank_prompt([soft("prefix"), soft("suffix"), PromptParts()], (), 8, 8, spare_rows=2)
+  assert (both.rows, both.soft_length, both.placements) == (5, 2, ("prefix", "suffix"))

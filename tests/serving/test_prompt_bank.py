@@ -109,7 +109,7 @@ def test_p_tuning_prompts_mixed_batch_equals_each_prompt_alone(tmp_path):
   }
   within = {"p_tuning5": "prompts/best.npy", "p_tuning2": "prompts/best.npy", "prefix2": "checkpoints/1"}
   bank = saved_bank(tmp_path, p_tuning(), configs, within)
-  assert bank.method.markers and bank.method.soft_lengths == (5, 2, 0)
+  assert bank.method.markers and list(bank.tables["soft_lengths"][:3]) == [5, 2, 0]
   assert [p.where for p in bank.prompts] == [str(tmp_path / name / path) for name, path in within.items()]
   per_prompt = {name: eval_records(config, 2) for name, config in configs.items()}
   _assert_each_as_alone(bank, _interleaved(per_prompt), per_prompt)

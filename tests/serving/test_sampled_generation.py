@@ -7,21 +7,8 @@ from __future__ import annotations
 import pytest
 
 from jaxprompt.serving.requests import GREEDY, Request, SamplingParams, serve
-from tests.method_runs import CASES
-from tests.serving.saved_prompts import eval_records, saved_bank
 
 HOT = 3.0  # the tiny random models' logits are flat: a high temperature makes seeds disagree
-
-
-def _llama_bank(tmp_path):
-  llama = CASES["prefix_tuning-llama"]
-  configs = {"prompt4": llama(**{"prompt.method": "prompt_tuning", "prompt.length": 4}), "prefix3": llama()}
-  return saved_bank(tmp_path, llama(), configs), eval_records(configs["prompt4"], 3)
-
-
-def _t5_bank(sst2_bank):
-  bank, _, records = sst2_bank
-  return bank, records[:3]
 
 
 def _check_sampling(bank, records):
@@ -44,11 +31,12 @@ def _check_sampling(bank, records):
 
 
 def test_t5_seeded_sampling(sst2_bank):
-  _check_sampling(*_t5_bank(sst2_bank))
+  bank, _, records = sst2_bank
+  _check_sampling(bank, records[:3])
 
 
-def test_decoder_seeded_sampling(tmp_path):
-  _check_sampling(*_llama_bank(tmp_path))
+def test_decoder_seeded_sampling(llama_bank):
+  _check_sampling(*llama_bank)
 
 
 @pytest.mark.parametrize("settings,message", [((-0.1, 1.0, 0), "temperature"), ((float("nan"), 1.0, 0), "temperature"),
