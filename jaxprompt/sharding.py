@@ -44,6 +44,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("prompt_mlp", None),  # reparameterisation MLPs of prompts and prefixes
     ("prefix_layers", None),  # a per-layer prefix bank: replicated; map to "fsdp" to shard a large one
     ("prefix_heads", None),
+    ("prompt_rows", None),  # a prompt bank's rows (serving): replicated; map to a mesh axis to shard them
 )
 
 

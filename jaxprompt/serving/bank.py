@@ -7,11 +7,13 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax
 import ml_collections
+from jax.sharding import PartitionSpec
 
 from jaxprompt import experiment
-from jaxprompt.serving.bank_prompt import BankPrompt, bank_prompt, bank_tables
+from jaxprompt.serving.bank_prompt import BankPrompt, bank_prompt, bank_tables, table_axes
 from jaxprompt.serving.label_space import LabelSpace, label_space
 from jaxprompt.serving.loading import LoadedPrompt, PromptSource, load_prompt
 from jaxprompt.serving.parts import PromptParts
@@ -28,7 +30,7 @@ class PromptBank:
   exp: experiment.Experiment
   prompts: tuple[LoadedPrompt, ...]  # a request's prompt_id is its position here
   method: BankPrompt
-  tables: Any  # the method's params, replicated on the mesh
+  tables: Any  # the method's params, placed on the mesh by the config's rules (bank_prompt.table_axes)
   labels: LabelSpace
   eval_step: Callable[..., dict[str, jax.Array]]  # (tables, frozen, batch, label targets, label mask) -> outputs
 
@@ -102,7 +104,9 @@ def _assemble(exp: experiment.Experiment, prompts: tuple[LoadedPrompt, ...], flo
   labels = label_space([prompt.spec for prompt in prompts], method, exp.backbone, config,
                        [part.num_head_classes for part in parts], serving.spare_labels,
                        floor.labels if floor else None)
-  tables = jax.device_put(bank_tables(method, parts), exp.replicated)
+  host = bank_tables(method, parts)
+  tables = jax.device_put(host, {name: nn.logical_to_mesh_sharding(PartitionSpec(*table_axes(name)), exp.mesh,
+                                                                   tuple(exp.rules)) for name in host})
   if floor is not None and method.capacity == floor.method.capacity and labels.same_program(floor.labels):
     return PromptBank(exp, prompts, floor.method, tables, labels, floor.eval_step)
   eval_step = jax.jit(exp.backbone.eval_step(method, labels.labels, config.max_decode_len))

@@ -143,6 +143,21 @@ def bank_prompt(parts: Sequence[PromptParts], shapes: tuple[AttentionShape, ...]
       head_columns=columns if heads else 0)
 
 
+def table_axes(name: str) -> tuple[str | None, ...]:
+  """The logical axes of the table `name`, as the prompt methods name theirs: the config's rules
+  place the tables (replicated by default; e.g. map prompt_rows or prefix_layers to a mesh axis
+  to shard a bank of many long prefixes)."""
+  if name == "soft":
+    return ("prompt_rows", "prompt", "prompt_embed")
+  if name.endswith(("_keys", "_values")):
+    return ("prefix_layers", "prompt_rows", "prompt", "prefix_heads", "kv")
+  if name == "head_kernel":
+    return ("prompt_embed", None)
+  if name == "head_bias":
+    return (None,)
+  return ("prompt_rows",)  # each prompt's lengths and placement
+
+
 def bank_tables(method: BankPrompt, parts: Sequence[PromptParts]) -> dict[str, np.ndarray]:
   """The BankPrompt's params: every prompt's parts in its row, padded (on the host); unused rows
   have length 0."""

@@ -73,3 +73,4 @@ def test_a_prompt_that_fits_the_tables_runs_the_compiled_step(sst2_bank, tmp_pat
                                                                          tmp_path / name, 9)))])
     assert other.eval_step is not bank.eval_step, name
   assert other.method.rows == bank.method.rows  # capacities never shrink: the next fitting prompt reuses this step
+
