@@ -259,12 +259,14 @@ def load_prompt_params(exp: experiment.Experiment, path: str) -> tuple[Any, Any,
   return exp.method, state.params, state.backbone, f"{workdir / 'checkpoints' / str(step)}"
 
 
-def evaluate_prompt(config: ml_collections.ConfigDict, prompt_path: str | None) -> dict[str, float]:
-  """Eval metrics of the prompt at `prompt_path`, or of the frozen model alone when it is None."""
+def evaluate_prompt(config: ml_collections.ConfigDict, prompt_path: str | None,
+                    beside: experiment.Experiment | None = None) -> dict[str, float]:
+  """Eval metrics of the prompt at `prompt_path`, or of the frozen model alone when it is None;
+  with `beside`, on that experiment's loaded backbone (experiment.beside)."""
   if prompt_path is None:
     config = config.copy_and_resolve_references()
     config.prompt.method = "none"
-  exp = experiment.build(config)
+  exp = experiment.build(config) if beside is None else experiment.beside(beside, config)
   features = experiment.eval_features(exp)
   if prompt_path is None:
     method, params, where = None, {}, f"no prompt ({config.icl.num_shots}-shot)"

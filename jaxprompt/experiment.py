@@ -284,11 +284,15 @@ def _with_sharding(x: Any, sharding: jax.sharding.Sharding) -> jax.ShapeDtypeStr
 def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Experiment:
   """Mesh, backbone, tasks, method and optimizer of a config."""
   mesh = mesh or sharding_lib.make_mesh(config.mesh.to_dict())
+  _check_batches(config, mesh)
+  return on_backbone(config, load_backbone(config.model, mesh, tuple(config.rules)), mesh)
+
+
+def _check_batches(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
   shards = mesh.shape["data"] * mesh.shape["fsdp"]  # the batch is split over these
   for key in ("batch_size", "eval_batch_size"):
     if config[key] % shards:
       raise ValueError(f"config.{key}={config[key]} does not split over the mesh's {shards} data x fsdp shards")
-  return on_backbone(config, load_backbone(config.model, mesh, tuple(config.rules)), mesh)
 
 
 def on_backbone(config: ml_collections.ConfigDict, backbone: Backbone, mesh: Mesh) -> Experiment:
@@ -299,6 +303,22 @@ def on_backbone(config: ml_collections.ConfigDict, backbone: Backbone, mesh: Mes
   optimizer, schedule = make_optimizer(config.optimizer, config.num_steps)
   backbone, pretrained = split_trainable(backbone, config.model.trainable)
   return Experiment(config, mesh, backbone, tasks, method, optimizer, schedule, pretrained, trained_shapes(pretrained))
+
+
+def beside(exp: Experiment, config: ml_collections.ConfigDict) -> Experiment:
+  """`config`'s experiment on the backbone `exp` has loaded (every weight of it, whichever `exp`
+  trains) and on its mesh: a pipeline's runs of one model load it once. `config`'s model (but for
+  which weights train), mesh and rules must be `exp`'s."""
+  placed = lambda c: ({k: v for k, v in c.model.to_dict().items() if k != "trainable"}, c.mesh.to_dict(),
+                      tuple(map(tuple, c.rules)))
+  if placed(config) != placed(exp.config):
+    raise ValueError(f"an experiment beside another needs its model, mesh and rules: {placed(config)} is not"
+                     f" {placed(exp.config)}")
+  _check_batches(config, exp.mesh)
+  whole = dataclasses.replace(exp.backbone, frozen=exp.merged(exp.pretrained))
+  sibling = on_backbone(config, whole, exp.mesh)
+  # The weights it trains are copies: a train step donates its state, and `exp` keeps its own.
+  return dataclasses.replace(sibling, pretrained={p: jnp.copy(x) for p, x in sibling.pretrained.items()})
 
 
 def split_trainable(backbone: Backbone, spec: str) -> tuple[Backbone, trainable.Flat]:

@@ -101,10 +101,12 @@ def export_backbone(exp: experiment.Experiment, trained: Any, directory: epath.P
   export_hf(exp.backbone.config, exp.merged(trained), Path(directory), tokenizer_files=tokenizer)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains the prompt; returns the last eval metrics and the best prompt's step and value."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       beside: experiment.Experiment | None = None) -> dict[str, Any]:
+  """Trains the prompt; returns the last eval metrics and the best prompt's step and value. With
+  `beside`, the run uses that experiment's loaded backbone (experiment.beside) instead of loading it."""
   workdir = epath.Path(workdir)  # a local folder or a gs:// bucket
-  exp = experiment.build(config)
+  exp = experiment.build(config) if beside is None else experiment.beside(beside, config)
   train_features = experiment.train_features(exp)
   eval_features = experiment.eval_features(exp)
   init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))

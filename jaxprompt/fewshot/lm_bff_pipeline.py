@@ -127,11 +127,12 @@ class Pipeline:
 
   def fine_tune(self, run: ml_collections.ConfigDict, directory: epath.Path) -> dict[str, Any]:
     """Trains on the split, keeps the best step on its dev set, and evaluates that step on the test set."""
-    result = train_and_evaluate(run, str(directory))
+    exp = experiment.build(run)  # the backbone, loaded once for training and both evaluations
+    result = train_and_evaluate(run, str(directory), beside=exp)
     if result["best_value"] is None:  # a resumed, finished run: its best is in its checkpoints
-      best = evaluation.evaluate_prompt(run, str(directory))
+      best = evaluation.evaluate_prompt(run, str(directory), beside=exp)
       result["best_value"] = _metric(best, self.metric)
-    test = evaluation.evaluate_prompt(self.on_test(run), str(directory))
+    test = evaluation.evaluate_prompt(self.on_test(run), str(directory), beside=exp)
     return {"dev": float(result["best_value"]), "test": _metric(test, self.metric)}
 
   def auto_labels(self, variant: str, seed: int, directory: epath.Path) -> dict[str, Any]:

@@ -207,10 +207,10 @@ class Pipeline:
     if records and not train_path.exists():
       _write_jsonl(train_path, [r.fields for r in records])
     run = _run_config(self.config, spec, seed, _jsonl_source(train_path), _jsonl_source(train_path))
+    exp = experiment.build(run if records else _bare(run, self.config.pet.test))  # the backbone, loaded once
     if records:
       log.info("PET member %s/%s: training on %d examples", f"g{member.generation}", member.name, len(records))
-      train_and_evaluate(run, str(directory))
-    exp = experiment.build(run if records else _bare(run, self.config.pet.test))
+      train_and_evaluate(run, str(directory), beside=exp)
     with sharding_lib.activate(exp.mesh, exp.rules):
       bare_step, bare_weights = exp.eval_step_of(None), exp.merged(exp.pretrained)
       before = None
