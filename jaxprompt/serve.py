@@ -4,7 +4,7 @@
     curl localhost:8000/v1/completions -d '{"model": "sst2-seed0", "prompt": "a gripping film"}'
 
 OpenAI-style /v1/completions and /v1/models, our /v1/classify, and /health (serving/http_app.py);
-the bank file names the backbone config and the prompts (serving/bank_file.py). Requests for any
+the bank file names the backbone config, the prompts and any prompt ensembles (serving/bank_file.py). Requests for any
 of the prompts are batched together: a batch is served when it holds --max_batch requests or its
 first has waited --max_wait_ms. SIGTERM stops taking requests, finishes those in flight and exits.
 """
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
-from jaxprompt.serving.bank_file import load_bank_file
+from jaxprompt.serving.bank_file import load_bank_file, read_ensembles
 from jaxprompt.serving.http_app import create_app, server
 
 _BANK = flags.DEFINE_string("bank", None, "The bank file (JSON): the backbone config and the prompts.", required=True)
@@ -35,7 +35,7 @@ def main(argv: Sequence[str]) -> None:
   for name in ("jaxprompt", "uvicorn"):
     logging.getLogger(name).setLevel(logging.INFO)
   bank = load_bank_file(_BANK.value)
-  web = create_app(bank, _MAX_BATCH.value, _MAX_WAIT_MS.value, _MAX_QUEUE.value)
+  web = create_app(bank, _MAX_BATCH.value, _MAX_WAIT_MS.value, _MAX_QUEUE.value, ensembles=read_ensembles(_BANK.value))
   server(web, _HOST.value, _PORT.value).run()
 
 

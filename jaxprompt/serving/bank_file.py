@@ -17,7 +17,9 @@ eval_batch_size and max_decode_len the serving limits. Each prompt names its run
 workdir, a checkpoint directory or an export, relative to this file's folder) and the config it
 was trained with (`config`; default: the backbone's). `overrides` are dotted config keys with JSON
 values; the top-level ones apply to every config (they usually say where the weights are), a
-prompt's own after them.
+prompt's own after them. An optional "ensembles" list names prompt ensembles a server serves like
+prompts: `{"name": "sst2", "members": ["sst2-seed0", "sst2-seed1", ...], "reduction": "vote"}`
+(or "mean"; serving/ensemble.py).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 import ml_collections
 
 from jaxprompt.serving.bank import PromptBank, load_bank
+from jaxprompt.serving.ensemble import REDUCTIONS, Ensemble
 from jaxprompt.serving.loading import PromptSource
 
 
@@ -66,6 +69,26 @@ def read_bank_file(path: str) -> tuple[ml_collections.ConfigDict, list[PromptSou
     prompt_config = config_with_overrides(entry.get("config", spec["backbone"]), own, f"{file}: {where}.config")
     sources.append(PromptSource(entry["name"], prompt_config, str(file.parent / entry["path"])))
   return config, sources
+
+
+def read_ensembles(path: str) -> list[Ensemble]:
+  """The ensembles the bank file at `path` names (none without an "ensembles" list)."""
+  file = Path(path)
+  entries = json.loads(file.read_text(encoding="utf-8")).get("ensembles", [])
+  if not isinstance(entries, list):
+    raise BankFileError(f'{file}: "ensembles" must be a list')
+  ensembles = []
+  for i, entry in enumerate(entries):
+    members = entry.get("members") if isinstance(entry, dict) else None
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not isinstance(members, list) or len(
+        members) < 2 or not all(isinstance(m, str) for m in members):
+      raise BankFileError(f'{file}: ensembles[{i}] needs "name" and "members" (two or more prompt names), got'
+                          f" {entry!r:.200}")
+    reduction = entry.get("reduction", "vote")
+    if reduction not in REDUCTIONS:
+      raise BankFileError(f"{file}: ensembles[{i}].reduction {reduction!r} is not one of {REDUCTIONS}")
+    ensembles.append(Ensemble(entry["name"], tuple(members), reduction))
+  return ensembles
 
 
 def _overrides(entry: dict, file: Path, where: str) -> dict[str, Any]:

@@ -4,9 +4,10 @@ the dynamic batcher, which serves any mix of the bank's prompts in one batch.
 
     POST /v1/completions  {"model": PROMPT, "prompt": TEXT | {FIELD: TEXT, ...} | [...], "max_tokens": N,
                            "stop": STR | [STR, ...]}  -> OpenAI's text_completion object
-    POST /v1/classify     {"model": PROMPT, "input": TEXT | {FIELD: TEXT, ...} | [...]}
+    POST /v1/classify     {"model": PROMPT | ENSEMBLE, "input": TEXT | {FIELD: TEXT, ...} | [...]}
                           -> {"data": [{"index", "label", "scores": {LABEL: SCORE}}], ...}
-    GET  /v1/models       -> one model per prompt, its "parent" the backbone
+                          (an ensemble's also "votes" and each member's label, from one pass)
+    GET  /v1/models       -> one model per prompt and per ensemble, its "parent" the backbone
     POST /v1/prompts      {"name": NAME, "config": "configs/x.py[:arg]", "path": RUN, "overrides": {...}}
                           -> the prompt added (or replaced) at runtime, 201
     DELETE /v1/prompts/NAME -> the prompt removed
@@ -33,7 +34,7 @@ import secrets
 import signal
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import uvicorn
@@ -47,6 +48,7 @@ from jaxprompt.serving import requests as requests_lib
 from jaxprompt.serving.bank import PromptBank
 from jaxprompt.serving.bank_file import BankFileError, config_with_overrides
 from jaxprompt.serving.batcher import Batcher, Closed, QueueFull
+from jaxprompt.serving.ensemble import Ensemble
 from jaxprompt.serving.http_inputs import ApiError, CheckedInput, checked_input, field, input_fields, prompt_id
 from jaxprompt.serving.loading import PromptSource
 from jaxprompt.serving.warmup import warm_up
@@ -65,7 +67,14 @@ class Service:
   """What the routes serve. `bank` is read afresh by every request and batch, so swapping it
   (prompts added or removed at runtime) is one assignment."""
 
-  def __init__(self, bank: PromptBank, max_batch: int, max_wait_ms: float, max_queue: int):
+  def __init__(self, bank: PromptBank, max_batch: int, max_wait_ms: float, max_queue: int,
+               ensembles: Sequence[Ensemble] = ()):
+    names = {p.name for p in bank.prompts}
+    for ensemble in ensembles:
+      if ensemble.name in names:
+        raise ValueError(f"ensemble {ensemble.name!r} has a prompt's name")
+      ensemble.labels(bank)  # its members exist and share one label set
+    self.ensembles = {e.name: e for e in ensembles}
     self.bank = bank
     self.batcher = Batcher(self.serve, max_batch, max_wait_ms / 1000, max_queue)
     self.created = int(time.time())
@@ -76,9 +85,11 @@ class Service:
     return requests_lib.serve(self.bank, requests)
 
 
-def create_app(bank: PromptBank, max_batch: int, max_wait_ms: float, max_queue: int, warm: bool = True) -> Starlette:
-  """The app; its lifespan warms the step up (unless `warm` is False) and runs the batcher."""
-  service = Service(bank, max_batch, max_wait_ms, max_queue)
+def create_app(bank: PromptBank, max_batch: int, max_wait_ms: float, max_queue: int, warm: bool = True,
+               ensembles: Sequence[Ensemble] = ()) -> Starlette:
+  """The app; its lifespan warms the step up (unless `warm` is False) and runs the batcher.
+  `ensembles` are served by name beside the bank's prompts."""
+  service = Service(bank, max_batch, max_wait_ms, max_queue, ensembles)
 
   @contextlib.asynccontextmanager
   async def lifespan(app: Starlette):
@@ -140,6 +151,8 @@ async def _completions(http: HttpRequest) -> JSONResponse:
                    " tokens (its bank's max_decode_len)", "max_tokens")
   stops = _stops(body)
   model = field(body, "model", str, required=True)
+  if model in service.ensembles:
+    raise ApiError(400, f"{model!r} is an ensemble of prompts, which classifies: use /v1/classify", "model")
   checked = _checked_inputs(service, model, body, "prompt")
   # n copies of each prompt side by side (OpenAI's choice order), copy i drawing with seed + i
   copies = [dataclasses.replace(c, request=dataclasses.replace(c.request, sampling=dataclasses.replace(
@@ -169,6 +182,8 @@ async def _classify(http: HttpRequest) -> JSONResponse:
     raise ApiError(400, f"unrecognized request argument(s) {unknown}", unknown[0])
   field(body, "user", str)
   model = field(body, "model", str, required=True)
+  if model in service.ensembles:
+    return await _classify_ensemble(service, service.ensembles[model], body)
   if not service.bank.prompts[prompt_id(service.bank, model)].spec.num_classes:
     raise ApiError(400, f"the task of {model!r} has no classes to rank: use /v1/completions", "model")
   checked = _checked_inputs(service, model, body, "input")
@@ -182,9 +197,29 @@ async def _classify(http: HttpRequest) -> JSONResponse:
   })
 
 
+async def _classify_ensemble(service: Service, ensemble: Ensemble, body: Mapping[str, Any]) -> JSONResponse:
+  """Every input once per member, in one submission (so in the same batches), then combined."""
+  bank = service.bank
+  labels = ensemble.labels(bank)
+  per_member = [_checked_inputs(service, member, body, "input") for member in ensemble.members]
+  checked = [inputs[i] for i in range(len(per_member[0])) for inputs in per_member]  # records side by side
+  answers = ensemble.combine(labels, await _submit(service, checked))
+  tokens = sum(c.prompt_tokens for c in checked)
+  return JSONResponse({
+      "id": f"clf-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()), "model": ensemble.name,
+      "data": [{"object": "classification", "index": i, "label": a.label, "scores": a.scores, "votes": a.votes,
+                "members": a.members} for i, a in enumerate(answers)],
+      "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+  })
+
+
 async def _models(http: HttpRequest) -> JSONResponse:
   service = _service(http)
-  return JSONResponse({"object": "list", "data": [_model(service, p) for p in service.bank.prompts]})
+  prompts = [_model(service, p) for p in service.bank.prompts]
+  first = lambda e: service.bank.prompts[service.bank.prompt_id(e.members[0])]
+  ensembles = [{**_model(service, first(e)), "id": e.name, "members": list(e.members), "reduction": e.reduction}
+               for e in service.ensembles.values()]
+  return JSONResponse({"object": "list", "data": prompts + ensembles})
 
 
 def _model(service: Service, prompt) -> dict[str, Any]:
@@ -205,9 +240,13 @@ async def _add_prompt(http: HttpRequest) -> JSONResponse:
                                    "POST /v1/prompts: config")
   except BankFileError as e:
     raise ApiError(400, str(e), "config") from None
+  if name in service.ensembles:
+    raise ApiError(400, f"{name!r} is an ensemble's name", "name")
   async with service.changing:
     try:
       bank = await asyncio.to_thread(_warmed, service.bank.with_prompts, [PromptSource(name, config, path)])
+      for ensemble in service.ensembles.values():  # a member replaced by a prompt of other labels
+        ensemble.labels(bank)
     except (ValueError, OSError) as e:  # a checkpoint that does not fit the backbone, a missing run
       raise ApiError(400, f"prompt {name!r} was not added: {e}", "path") from None
     service.bank = bank
@@ -218,6 +257,9 @@ async def _remove_prompt(http: HttpRequest) -> JSONResponse:
   service, name = _service(http), http.path_params["name"]
   async with service.changing:
     prompt_id(service.bank, name)  # 404 for a name the bank lacks
+    users = [e.name for e in service.ensembles.values() if name in e.members]
+    if users:
+      raise ApiError(400, f"{name!r} is a member of the ensembles {users}; a server keeps their members", "name")
     if len(service.bank.prompts) == 1:
       raise ApiError(400, f"{name!r} is the bank's last prompt; a server serves at least one", "name")
     service.bank = await asyncio.to_thread(_warmed, service.bank.without_prompts, [name])

@@ -112,15 +112,15 @@ def test_a_killed_pipeline_resumes_and_ends_with_the_same_classifier_bitwise(fin
   calls, kills = [], [3]  # the first pipeline dies in its third run
   train = training.train_and_evaluate
 
-  def killed_in_the_third_run(run_config, run_workdir):
+  def killed_in_the_third_run(run_config, run_workdir, beside=None):
     calls.append(run_workdir)
     if len(calls) in kills:  # g1/p0-r0: train one step (checkpointed), then die
       kills.clear()
       short = run_config.copy_and_resolve_references()
       short.num_steps = 1
-      train(short, run_workdir)
+      train(short, run_workdir, beside)
       raise Killed("killed mid-run")
-    return train(run_config, run_workdir)
+    return train(run_config, run_workdir, beside)
 
   monkeypatch.setattr(pet_pipeline, "train_and_evaluate", killed_in_the_third_run)
   resumed = tmp_path / "run"

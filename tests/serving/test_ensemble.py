@@ -35,5 +35,5 @@ def test_an_ensemble_needs_one_label_set_and_a_known_reduction(sst2_bank):
   bank, _, records = sst2_bank
   with pytest.raises(ValueError, match="the same labels"):
     ensemble_classify(bank, ("sst2-a", "rte"), records)
-  with pytest.raises(ValueError, match="'median' is not one of"):
+  with pytest.raises(ValueError, match="reduction 'median' is not one of"):
     ensemble_classify(bank, MEMBERS, records, "median")
