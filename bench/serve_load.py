@@ -84,7 +84,7 @@ def _serve(bank_file: str, port: int) -> None:
   web = create_app(load_bank_file(bank_file), _MAX_BATCH.value, _MAX_WAIT_MS.value, _MAX_QUEUE.value)
 
   async def batch_sizes(request):
-    return JSONResponse({"batch_sizes": web.state.service.batcher.batch_sizes})
+    return JSONResponse({"batch_sizes": list(web.state.service.batcher.batch_sizes)})
 
   web.add_route("/bench/batch_sizes", batch_sizes, methods=["GET"])
   server(web, "127.0.0.1", port, access_log=False).run()  # a log line per request would be timed too

@@ -51,7 +51,12 @@ class Batcher:
     self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bank")
     self._worker: asyncio.Task | None = None
     self.accepting = True
-    self.batch_sizes: list[int] = []  # every batch served, in order: what dynamic batching achieved
+    # The latest batches' sizes, in order: what dynamic batching achieved (bounded: a server runs for weeks).
+    self.batch_sizes: collections.deque[int] = collections.deque(maxlen=100_000)
+
+  @property
+  def queued(self) -> int:
+    return len(self._queue)
 
   def start(self) -> None:
     self._worker = asyncio.get_running_loop().create_task(self._run())

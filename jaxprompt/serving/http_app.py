@@ -12,6 +12,7 @@ the dynamic batcher, which serves any mix of the bank's prompts in one batch.
                           -> the prompt added (or replaced) at runtime, 201
     DELETE /v1/prompts/NAME -> the prompt removed
     GET  /health          -> 200 while serving, 503 once shutting down
+    GET  /metrics         -> Prometheus metrics (serving/metrics.py)
 
 Adding or removing a prompt builds a new bank on the loaded backbone and compiles its step for
 every bucket in a thread, while the old bank serves on; then one assignment swaps them. A request
@@ -40,8 +41,10 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request as HttpRequest
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from jaxprompt.serving import requests as requests_lib
@@ -51,6 +54,7 @@ from jaxprompt.serving.batcher import Batcher, Closed, QueueFull
 from jaxprompt.serving.ensemble import Ensemble
 from jaxprompt.serving.http_inputs import ApiError, CheckedInput, checked_input, field, input_fields, prompt_id
 from jaxprompt.serving.loading import PromptSource
+from jaxprompt.serving.metrics import ServerMetrics
 from jaxprompt.serving.warmup import warm_up
 
 RETRY_AFTER_S = "1"  # a full queue drains within a few batches
@@ -77,12 +81,15 @@ class Service:
     self.ensembles = {e.name: e for e in ensembles}
     self.bank = bank
     self.batcher = Batcher(self.serve, max_batch, max_wait_ms / 1000, max_queue)
+    self.metrics = ServerMetrics(lambda: self.batcher.queued, lambda: len(self.bank.prompts))
     self.created = int(time.time())
     self.warm_up_s: float | None = None
     self.changing = asyncio.Lock()  # one bank change at a time: each builds on the bank before it
 
   def serve(self, requests: list[requests_lib.Request]) -> list[requests_lib.Response]:
-    return requests_lib.serve(self.bank, requests)
+    responses = requests_lib.serve(self.bank, requests)
+    self.metrics.served([r.prompt for r in requests])
+    return responses
 
 
 def create_app(bank: PromptBank, max_batch: int, max_wait_ms: float, max_queue: int, warm: bool = True,
@@ -105,7 +112,9 @@ def create_app(bank: PromptBank, max_batch: int, max_wait_ms: float, max_queue: 
               Route("/v1/models", _models, methods=["GET"]),
               Route("/v1/prompts", _add_prompt, methods=["POST"]),
               Route("/v1/prompts/{name}", _remove_prompt, methods=["DELETE"]),
-              Route("/health", _health, methods=["GET"])],
+              Route("/health", _health, methods=["GET"]),
+              Route("/metrics", _metrics, methods=["GET"])],
+      middleware=[Middleware(BaseHTTPMiddleware, dispatch=service.metrics.middleware)],
       exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _server_error},
       lifespan=lifespan,
   )
@@ -278,6 +287,10 @@ async def _health(http: HttpRequest) -> JSONResponse:
   if not service.batcher.accepting:
     return JSONResponse({"status": "shutting_down"}, 503, {"Retry-After": RETRY_AFTER_S})
   return JSONResponse({"status": "ok", "prompts": len(service.bank.prompts), "warm_up_s": service.warm_up_s})
+
+
+async def _metrics(http: HttpRequest) -> Response:
+  return _service(http).metrics.exposition()
 
 
 def _service(http: HttpRequest) -> Service:

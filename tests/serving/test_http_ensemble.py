@@ -1,11 +1,14 @@
-"""A prompt ensemble served by name over HTTP (a bank file's "ensembles"): /v1/classify answers
-as the one-pass ensemble does, and what would break an ensemble is refused."""
+"""A second server on the shared SST-2 bank: a prompt ensemble served by name (a bank file's
+"ensembles") answering /v1/classify as the one-pass ensemble does, what would break an ensemble
+refused, and the Prometheus metrics of what it served."""
 
 from __future__ import annotations
 
 import json
+import urllib.request
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from jaxprompt.serving.bank_file import BankFileError, read_ensembles
 from jaxprompt.serving.ensemble import Ensemble, ensemble_classify
@@ -54,3 +57,21 @@ def test_bad_ensemble_entries_name_the_file_and_entry(tmp_path, entry, message):
   with pytest.raises(BankFileError, match=message) as error:
     read_ensembles(str(path))
   assert "ensembles[0]" in str(error.value) and str(path) in str(error.value)
+
+
+def test_metrics_count_requests_prompts_and_batches(running, sst2_bank):
+  """GET /metrics, in Prometheus's text format, parsed by prometheus_client's own parser."""
+  records = sst2_bank[2]
+  call(running.url + "/v1/classify", {"model": "sst2-b", "input": [r["sentence"] for r in records[:3]]})
+  call(running.url + "/v1/classify", {"model": "nope", "input": "x"})
+  call(running.url + "/health")
+  with urllib.request.urlopen(running.url + "/metrics") as response:
+    text = response.read().decode()
+  samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+             for family in text_string_to_metric_families(text) for s in family.samples}
+  assert samples[("jaxprompt_http_requests_total", (("endpoint", "/v1/classify"), ("status", "404")))] >= 1
+  assert samples[("jaxprompt_http_requests_total", (("endpoint", "/health"), ("status", "200")))] >= 1
+  assert samples[("jaxprompt_prompt_requests_total", (("model", "sst2-b"),))] >= 3
+  assert samples[("jaxprompt_batch_size_count", ())] >= 1 and samples[("jaxprompt_queue_depth", ())] == 0
+  assert samples[("jaxprompt_prompts", ())] == len(sst2_bank[0].prompts)
+  assert samples[("jaxprompt_http_request_seconds_count", (("endpoint", "/v1/classify"),))] >= 2

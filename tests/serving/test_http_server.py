@@ -183,7 +183,7 @@ def test_concurrent_mixed_requests_are_batched_and_each_as_served_directly(runni
       assert body["data"][0]["label"] == direct.label
       np.testing.assert_allclose(list(body["data"][0]["scores"].values()), list(direct.scores.values()), rtol=1e-5,
                                  atol=1e-5)
-  sizes = running.service.batcher.batch_sizes[batches_before:]
+  sizes = list(running.service.batcher.batch_sizes)[batches_before:]
   assert sum(sizes) == len(jobs) and max(sizes) > 1
   assert bank.eval_step._cache_size() == running.compiled
 
