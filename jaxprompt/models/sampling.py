@@ -6,7 +6,9 @@ settings, and a sampled request's tokens depend only on its seed, its logits and
 same in any batch (a server's batches are whatever arrived together). Step t of an example draws
 with `fold_in(key(seed), t)`. The filtering is transformers' TemperatureLogitsWarper then
 TopPLogitsWarper: logits divided by the temperature, then only the most likely tokens whose
-probability mass before them is below top_p are kept (the most likely one always is).
+probability mass before them is below top_p are kept (the most likely one always is). Ids at or
+past the tokenizer's vocabulary (`vocab_B`: a model's padded embedding rows, e.g. T5's 28 beyond
+its 32,100 pieces) are never drawn.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-BATCH_KEYS = ("temperature", "top_p", "seed")  # the batch columns a sampled batch carries, per example
+BATCH_KEYS = ("temperature", "top_p", "seed", "sample_vocab")  # the batch columns a sampled batch carries
 
 
 class Sampling(NamedTuple):
@@ -26,6 +28,7 @@ class Sampling(NamedTuple):
   temperature_B: jax.Array  # float32, >= 0
   top_p_B: jax.Array  # float32 in (0, 1]
   seed_B: jax.Array  # int32
+  vocab_B: jax.Array  # int32: the tokenizer's vocabulary size, ids from it on are never drawn
 
 
 def sampling_of(batch: Mapping[str, jax.Array]) -> Sampling | None:
@@ -60,7 +63,8 @@ def next_tokens(logits_BxV: jax.Array, step: jax.Array | int, sampling: Sampling
 
   def sampled(_):
     safe_t = jnp.where(sampling.temperature_B > 0, sampling.temperature_B, 1.0)  # greedy rows: any finite value
-    filtered = filtered_logits(logits_BxV, safe_t, sampling.top_p_B)
+    in_vocab = jnp.arange(logits_BxV.shape[-1])[None] < sampling.vocab_B[:, None]
+    filtered = filtered_logits(jnp.where(in_vocab, logits_BxV, -jnp.inf), safe_t, sampling.top_p_B)
     keys = jax.vmap(lambda seed: jax.random.fold_in(jax.random.key(seed), step))(sampling.seed_B)
     drawn = jax.vmap(jax.random.categorical)(keys, filtered).astype(jnp.int32)
     return jnp.where(sampling.temperature_B > 0, drawn, greedy)

@@ -141,10 +141,11 @@ def _request_columns(bank: PromptBank, requests: Sequence[Request],
   serves greedy and sampled requests alike; a step that generates nothing reads none of them)."""
   take = lambda values, dtype: np.array(values, dtype)[order]
   settings = [r.sampling for r in requests]
+  vocab = bank.exp.backbone.tokenizer.vocab_size  # what can be decoded: no draw past it
   sampling = (take([s.temperature for s in settings], np.float32), take([s.top_p for s in settings], np.float32),
-              take([s.seed % SEED_MODULUS for s in settings], np.int32))
+              take([s.seed % SEED_MODULUS for s in settings], np.int32), np.full(len(requests), vocab, np.int32))
   return {"prompt_id": (take([bank.prompt_id(r.prompt) for r in requests], np.int32), -1),
-          **dict(zip(sampling_lib.BATCH_KEYS, zip(sampling, GREEDY_FILLERS), strict=True))}
+          **dict(zip(sampling_lib.BATCH_KEYS, zip(sampling, (*GREEDY_FILLERS, vocab)), strict=True))}
 
 
 def _local_rows(ids_G: np.ndarray) -> np.ndarray:
