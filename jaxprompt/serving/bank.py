@@ -71,6 +71,9 @@ def load_bank(config: ml_collections.ConfigDict, sources: Sequence[PromptSource]
   backbone_only.prompt.method = "none"  # the bank's prompts come from `sources`
   exp = experiment.build(backbone_only)
   prompts = tuple(load_prompt(source, exp.backbone, exp.mesh) for source in sources)
+  if bare and any(p.parts.num_head_classes for p in prompts):
+    raise ValueError(f"config.serving.backbone_name={bare!r} serves the bare backbone, which has no head, and a bank"
+                     " of heads cannot hold a row without one: leave it empty for this bank")
   return _assemble(exp, prompts + ((bare_backbone(bare, exp),) if bare else ()))
 
 
@@ -92,15 +95,9 @@ def _assemble(exp: experiment.Experiment, prompts: tuple[LoadedPrompt, ...], flo
     raise ValueError("a bank needs at least one prompt")
   config, serving = exp.config, exp.config.serving
   parts = [prompt.parts for prompt in prompts]
-  try:
-    method = bank_prompt(parts, exp.backbone.family.attention_shapes(exp.backbone.config), exp.backbone.embed_dim,
-                         exp.backbone.hidden_dim, floor.method if floor else None, serving.spare_rows,
-                         serving.spare_labels)
-  except ValueError as e:
-    if serving.backbone_name in {p.name for p in prompts}:
-      raise ValueError(f"{e} (config.serving.backbone_name={serving.backbone_name!r} serves the bare backbone, which"
-                       " has no head: leave it empty for a bank of heads)") from None
-    raise
+  method = bank_prompt(parts, exp.backbone.family.attention_shapes(exp.backbone.config), exp.backbone.embed_dim,
+                       exp.backbone.hidden_dim, floor.method if floor else None, serving.spare_rows,
+                       serving.spare_labels)
   labels = label_space([prompt.spec for prompt in prompts], method, exp.backbone, config,
                        [part.num_head_classes for part in parts], serving.spare_labels,
                        floor.labels if floor else None)

@@ -133,14 +133,19 @@ def bank_prompt(parts: Sequence[PromptParts], shapes: tuple[AttentionShape, ...]
   prefix_length = tuple(max([old_kinds.get(s.kind, 0)] + [part.prefixes[s.kind][0].shape[1] for part in parts
                                                           if s.kind in part.prefixes]) for s in kinds)
   soft_length = max([floor.soft_length if floor else 0] + [part.soft_length for part in parts])
-  # Spare rows and columns are added when the table grows, not every time it is rebuilt.
-  rows = floor.rows if floor and len(parts) <= floor.rows else len(parts) + spare_rows
-  columns = floor.head_columns if floor and heads <= floor.head_columns else heads + spare_head_columns
+  rows = grown(len(parts), floor.rows if floor else 0, spare_rows)
+  columns = grown(heads, floor.head_columns if floor else 0, spare_head_columns)
   return BankPrompt(
       rows=rows, soft_length=soft_length,
       placements=placements if soft_length else (), embed_dim=embed_dim, prefix_shapes=tuple(kinds),
       prefix_length=prefix_length, hidden_dim=hidden_dim,
       head_columns=columns if heads else 0)
+
+
+def grown(needed: int, held: int, spare: int) -> int:
+  """A table dimension's capacity: what it holds while `needed` fits there, else `needed` plus
+  `spare` (spares are added when the table grows, not every time it is rebuilt)."""
+  return held if needed <= held else needed + spare
 
 
 def table_axes(name: str) -> tuple[str | None, ...]:
@@ -164,8 +169,8 @@ def bank_tables(method: BankPrompt, parts: Sequence[PromptParts]) -> dict[str, n
   tables = {}
   r = method.rows
   if method.soft_length:
-    soft, lengths, placement = np.zeros((r, method.soft_length, method.embed_dim), np.float32), np.zeros(r, np.int32), \
-        np.zeros(r, np.int32)
+    soft = np.zeros((r, method.soft_length, method.embed_dim), np.float32)
+    lengths, placement = np.zeros(r, np.int32), np.zeros(r, np.int32)
     for i, part in enumerate(parts):
       if part.soft_length:
         soft[i, : part.soft_length], lengths[i] = part.soft_PxD, part.soft_length

@@ -26,7 +26,7 @@ import numpy as np
 
 from jaxprompt import experiment
 from jaxprompt.backbones import Backbone
-from jaxprompt.serving.bank_prompt import BankPrompt
+from jaxprompt.serving.bank_prompt import BankPrompt, grown
 from jaxprompt.tasks.task_spec import TaskSpec
 
 
@@ -74,8 +74,7 @@ def label_space(specs: Sequence[TaskSpec], method: BankPrompt, backbone: Backbon
         [[_row(targets, mask) for targets, mask in zip(*objective.label_targets(spec, backbone.codec, max_len))]
          if spec.num_classes else [] for spec in specs])
     held = 0 if floor is None or floor.targets_CxT is None else len(floor.targets_CxT)
-    rows = held if len(texts) <= held else len(texts) + spare_rows  # spares are added when the table grows
-    texts += [()] * (rows - len(texts))  # spare rows: no tokens, read by no prompt
+    texts += [()] * (grown(len(texts), held, spare_rows) - len(texts))  # spare rows: no tokens, read by no prompt
     targets = np.stack([np.asarray(ids + (backbone.codec.pad_id,) * (max_len - len(ids)), np.int32) for ids in texts])
     mask = np.stack([np.arange(max_len) < len(ids) for ids in texts])
     return LabelSpace(columns, objective.labels(tasks, backbone, config), targets, mask)
