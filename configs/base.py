@@ -51,6 +51,13 @@ def base_config() -> ml_collections.ConfigDict:
       # none | all | a regular expression searched in each weight's path, e.g. "bias$" (biases
       # only), "mlm_head/" (the LM head). They train as float32 copies, sharded like the weights.
       trainable="none",
+      # Frozen weights kept quantised on the device, dequantised inside each matmul (weight-only):
+      # none | int8 (a scale per output channel) | int4 | nf4 (QLoRA's NormalFloat; blocks of
+      # quantization_block weights, a float16 scale each) | gguf (a .gguf file's own Q8_0 / Q4_0 /
+      # Q4_1 blocks). Projection kernels only: embeddings, norms and the vocabulary projection stay
+      # float. Not with trainable weights.
+      quantization="none",
+      quantization_block=64,
   ))
   config.prompt = ml_collections.ConfigDict(dict(
       # prompt_tuning (Lester et al.) | prefix_tuning (Li & Liang) | p_tuning (Liu et al. v1: pseudo

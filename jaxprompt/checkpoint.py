@@ -26,6 +26,7 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 from orbax.checkpoint import checkpoint_managers
 
+from jaxprompt.models.quantized import QuantizedKernel
 from jaxprompt.steps import TrainState
 from jaxprompt.trainable import describe
 
@@ -35,12 +36,16 @@ class CheckpointMismatchError(ValueError):
 
 
 def backbone_fingerprint(model_config: Any, frozen: Any) -> dict[str, Any]:
-  """What identifies a frozen backbone: its config, and per-tensor sums (cheap, works sharded)."""
+  """What identifies a frozen backbone: its config, per-tensor sums (cheap, works sharded; of the
+  weights a quantised kernel stands for) and the quantisation schemes of its kernels."""
   flat = traverse_util.flatten_dict(frozen["params"], sep="/")
-  sums = jax.jit(lambda t: {k: jnp.stack([jnp.sum(v, dtype=jnp.float32), jnp.sum(jnp.abs(v), dtype=jnp.float32)]) for k, v in t.items()})(flat)
+  as_float = lambda v: v.dequantize(jnp.float32) if isinstance(v, QuantizedKernel) else v
+  sums = jax.jit(lambda t: {k: jnp.stack([jnp.sum(as_float(v), dtype=jnp.float32), jnp.sum(jnp.abs(as_float(v)), dtype=jnp.float32)])
+                            for k, v in t.items()})(flat)
   return {
       "config": {k: v for k, v in vars(model_config).items() if k not in ("dtype", "scan_layers", "remat_policy", "dropout_rate", "param_dtype")},
       "tensor_sums": {k: [float(x) for x in np.asarray(v)] for k, v in sorted(sums.items())},
+      "quantized": sorted({v.scheme for v in flat.values() if isinstance(v, QuantizedKernel)}),
   }
 
 
@@ -67,7 +72,10 @@ def check_compatible(saved: dict[str, Any], current: dict[str, Any], where: str)
     a, b = saved_fp["config"].get(key), current_fp["config"].get(key)
     if a != b:
       problems.append(f"backbone {key}: checkpoint {a!r}, this run {b!r}")
-  if not problems:
+  # A prompt trained on a quantised backbone restores onto the float one, and back: rounded weights
+  # move the sums by more than reduction order does, so only the configs are compared then.
+  same_precision = saved_fp.get("quantized", []) == current_fp.get("quantized", [])
+  if not problems and same_precision:
     # Same shapes: compare the weights themselves (float sums; tolerance for reduction order).
     for name, a in saved_fp["tensor_sums"].items():
       b = current_fp["tensor_sums"].get(name)

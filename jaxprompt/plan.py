@@ -177,6 +177,7 @@ def plan(config: ml_collections.ConfigDict, mesh_sizes: dict[str, int], devices:
       "batch_size": config.batch_size, "num_microbatches": config.num_microbatches,
       "tokens": f"{config.prompt.length}+{config.data.max_input_len}/{config.data.max_target_len}",
       "remat_policy": config.model.remat_policy, "param_dtype": config.model.param_dtype,
+      "quantization": config.model.quantization,
       "frozen_weights_gib_per_device": round(frozen_bytes / GIB, 3),
       # Fine-tuned backbone weights: float32 masters, sharded like the weights, as are their gradients and moments.
       "trained_backbone_weights": len(exp.trainable_paths),

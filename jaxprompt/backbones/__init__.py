@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import ml_collections
+from flax import traverse_util
 from jax.sharding import Mesh
 
 from jaxprompt import sharding as sharding_lib
@@ -17,6 +18,7 @@ from jaxprompt.backbones.base import HEAD_OBJECTIVES, Backbone, Family, random_p
 from jaxprompt.backbones.bert import BertFamily
 from jaxprompt.backbones.llama import LlamaFamily
 from jaxprompt.backbones.t5 import T5Family
+from jaxprompt.weights.quantize import Quantization, quantized_targets
 
 FAMILIES: dict[str, Family] = {family.name: family for family in (T5Family(), LlamaFamily(), BertFamily(), AlbertFamily())}
 
@@ -37,7 +39,7 @@ def load_backbone(model: ml_collections.ConfigDict, mesh: Mesh, rules) -> Backbo
     config, frozen = family.load(model, mesh, rules)
   else:
     config = family.preset(model, tokenizer)
-    frozen = random_params(family, config, mesh, rules, model.init_seed)
+    frozen = random_params(family, config, mesh, rules, model.init_seed, Quantization.from_config(model))
   return Backbone(family, config, frozen, tokenizer, family.codec(tokenizer, model))
 
 
@@ -46,7 +48,13 @@ def abstract_backbone(model: ml_collections.ConfigDict, mesh: Mesh, rules) -> Ba
   Its tokenizer too when that is a local file or folder (a cloze run's label words need it)."""
   family = family_of(model)
   config = family.planned_config(model)
-  params = sharding_lib.abstract_with_shardings(family.abstract_params(config), mesh, rules)
+  boxed = family.abstract_params(config)
+  params = sharding_lib.abstract_with_shardings(boxed, mesh, rules)
+  quantization = Quantization.from_config(model)
+  if quantization.enabled:  # the quantised kernels' codes and scales, as a load would place them
+    flat = traverse_util.flatten_dict(params, sep="/")
+    flat = quantized_targets(flat, boxed, quantization, family.file_block_formats(model, config))
+    params = traverse_util.unflatten_dict(flat, sep="/")
   source = model.tokenizer or model.checkpoint
   tokenizer = family.tokenizer(model) if source and Path(source).expanduser().exists() else None
   codec = None if tokenizer is None else family.codec(tokenizer, model)

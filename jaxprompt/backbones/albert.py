@@ -15,6 +15,7 @@ from jaxprompt.models.albert import Albert
 from jaxprompt.models.albert_config import AlbertConfig
 from jaxprompt.prompts.prefix_tuning import AttentionShape
 from jaxprompt.weights.albert_loader import load_albert, read_albert_config
+from jaxprompt.weights.quantize import Quantization
 
 
 class AlbertFamily(BertFamily):
@@ -23,7 +24,10 @@ class AlbertFamily(BertFamily):
   name = "albert"
 
   def load(self, model: ml_collections.ConfigDict, mesh, rules) -> tuple[AlbertConfig, Any]:
-    return load_albert(model.checkpoint, mesh=mesh, rules=rules, param_dtype=model.param_dtype, **run_fields(model))
+    return load_albert(
+        model.checkpoint, mesh=mesh, rules=rules, param_dtype=model.param_dtype,
+        quantization=Quantization.from_config(model), **run_fields(model),
+    )
 
   def read_config(self, model: ml_collections.ConfigDict) -> AlbertConfig:
     return read_albert_config(model.checkpoint).replace(param_dtype=model.param_dtype, **run_fields(model))

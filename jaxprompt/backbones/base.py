@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+from flax import traverse_util
 from jax.sharding import Mesh
 
 from jaxprompt import objectives
@@ -24,6 +25,7 @@ from jaxprompt import sharding as sharding_lib
 from jaxprompt.flops import StepFlops
 from jaxprompt.prompts.prefix_tuning import AttentionShape
 from jaxprompt.tasks.codec import TextCodec
+from jaxprompt.weights import quantize
 
 # What a prompt method with its own head (P-tuning v2) trains: `method.objective` is one of these.
 HEAD_OBJECTIVES = ("classify", "tag")
@@ -101,6 +103,11 @@ class Family(abc.ABC):
       return self.read_config(model)
     return self.preset(model, self.tokenizer(model))
 
+  def file_block_formats(self, model: ml_collections.ConfigDict, config: Any) -> dict[str, tuple[str, int]]:
+    """param path -> the (scheme, block) of the checkpoint's own quantised blocks, read without
+    weights (what config.model.quantization="gguf" keeps); empty for files without any."""
+    return {}
+
   def abstract_params(self, config: Any) -> Any:
     return jax.eval_shape(functools.partial(self.init_params, config), jax.random.key(0))
 
@@ -170,11 +177,19 @@ class Backbone:
     return self.objective(method).bind_eval(self, method, labels, max_decode_len)
 
 
-def random_params(family: Family, config: Any, mesh: Mesh, rules, seed: int) -> Any:
-  """Random params created directly in their shardings (tests and demos without a checkpoint)."""
-  shardings = sharding_lib.logical_to_shardings(family.abstract_params(config), mesh, rules)
+def random_params(family: Family, config: Any, mesh: Mesh, rules, seed: int,
+                  quantization: quantize.Quantization = quantize.NONE) -> Any:
+  """Random params created directly in their shardings (tests and demos without a checkpoint),
+  then quantised kernel by kernel as a checkpoint would be."""
+  boxed = family.abstract_params(config)
+  shardings = sharding_lib.logical_to_shardings(boxed, mesh, rules)
   init = lambda key: nn.meta.unbox(family.init_params(config, key))
-  return {"params": jax.jit(init, out_shardings=shardings)(jax.random.key(seed))}
+  params = jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
+  if quantization.enabled:
+    targets = quantize.quantized_targets(sharding_lib.param_targets(boxed, mesh, rules), boxed, quantization)
+    flat = quantize.quantize_params(traverse_util.flatten_dict(params, sep="/"), targets)
+    params = traverse_util.unflatten_dict(flat, sep="/")
+  return {"params": params}
 
 
 def dummy_ids() -> jax.Array:

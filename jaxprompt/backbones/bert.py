@@ -19,6 +19,7 @@ from jaxprompt.tasks.codec import TextCodec, bert_codec
 from jaxprompt.tasks.patterns import ClozeTokens
 from jaxprompt.weights.bert_loader import load_bert, read_bert_config
 from jaxprompt.weights.hf_tokenizer import load_hf_tokenizer
+from jaxprompt.weights.quantize import Quantization
 
 
 class BertFamily(Family):
@@ -28,7 +29,10 @@ class BertFamily(Family):
   text_objective = "cloze"
 
   def load(self, model: ml_collections.ConfigDict, mesh, rules) -> tuple[BertConfig, Any]:
-    return load_bert(model.checkpoint, mesh=mesh, rules=rules, param_dtype=model.param_dtype, **run_fields(model))
+    return load_bert(
+        model.checkpoint, mesh=mesh, rules=rules, param_dtype=model.param_dtype,
+        quantization=Quantization.from_config(model), **run_fields(model),
+    )
 
   def read_config(self, model: ml_collections.ConfigDict) -> BertConfig:
     return read_bert_config(model.checkpoint).replace(param_dtype=model.param_dtype, **run_fields(model))

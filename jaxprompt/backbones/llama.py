@@ -15,6 +15,9 @@ from jaxprompt.models.llama_config import LlamaConfig
 from jaxprompt.prompts.prefix_tuning import AttentionShape
 from jaxprompt.tasks.codec import TextCodec, decoder_codec
 from jaxprompt.weights.llama_loader import load_llama, read_llama_config
+from jaxprompt.weights.llama_names import llama_param_sources
+from jaxprompt.weights.placement import file_block_formats
+from jaxprompt.weights.quantize import Quantization
 
 
 class LlamaFamily(Family):
@@ -23,10 +26,20 @@ class LlamaFamily(Family):
   text_objective = "causal_lm"
 
   def load(self, model: ml_collections.ConfigDict, mesh, rules) -> tuple[LlamaConfig, Any]:
-    return load_llama(model.checkpoint, mesh=mesh, rules=rules, param_dtype=model.param_dtype, **run_fields(model))
+    return load_llama(
+        model.checkpoint, mesh=mesh, rules=rules, param_dtype=model.param_dtype,
+        quantization=Quantization.from_config(model), **run_fields(model),
+    )
 
   def read_config(self, model: ml_collections.ConfigDict) -> LlamaConfig:
     return read_llama_config(model.checkpoint).replace(param_dtype=model.param_dtype, **run_fields(model))
+
+  def file_block_formats(self, model: ml_collections.ConfigDict, config: LlamaConfig) -> dict[str, tuple[str, int]]:
+    if not str(model.checkpoint).endswith(".gguf"):
+      return {}
+    from jaxprompt.weights import gguf
+
+    return file_block_formats(llama_param_sources(config), gguf.open_gguf(model.checkpoint)[0])
 
   def preset(self, model: ml_collections.ConfigDict, tokenizer: Any) -> LlamaConfig:
     if model.size != "tiny":

@@ -16,6 +16,7 @@ from jaxprompt.models.t5 import T5
 from jaxprompt.models.t5_config import T5Config
 from jaxprompt.prompts.prefix_tuning import AttentionShape
 from jaxprompt.tasks.codec import TextCodec, t5_codec
+from jaxprompt.weights.quantize import Quantization
 from jaxprompt.weights.t5_loader import load_t5, read_t5_config
 from jaxprompt.weights.tokenizer import extra_id_token, load_t5_tokenizer
 
@@ -27,7 +28,10 @@ class T5Family(Family):
   text_objective = "seq2seq"
 
   def load(self, model: ml_collections.ConfigDict, mesh, rules) -> tuple[T5Config, Any]:
-    return load_t5(model.checkpoint, mesh=mesh, rules=rules, param_dtype=model.param_dtype, **run_fields(model))
+    return load_t5(
+        model.checkpoint, mesh=mesh, rules=rules, param_dtype=model.param_dtype,
+        quantization=Quantization.from_config(model), **run_fields(model),
+    )
 
   def read_config(self, model: ml_collections.ConfigDict) -> T5Config:
     return read_t5_config(model.checkpoint).replace(param_dtype=model.param_dtype, **run_fields(model))

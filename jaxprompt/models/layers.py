@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxprompt.models import quantized
+
 Initializer = Callable[..., jax.Array]
 # A large negative logit for masked keys. Finite, so that a fully masked row (a padded query)
 # gives a uniform distribution instead of NaNs.
@@ -41,18 +43,21 @@ class Projection(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     num_in = len(self.in_axes)
     in_shape = x.shape[x.ndim - num_in :]
+    contract = (tuple(range(x.ndim - num_in, x.ndim)), tuple(range(num_in)))
+    preferred = self.output_dtype or self.dtype
+    # A frozen kernel loaded quantised (config.model.quantization) is read as it is: `self.param`
+    # would check it against the float kernel's shape.
+    stored = self.get_variable("params", "kernel") if self.has_variable("params", "kernel") else None
+    if isinstance(stored, quantized.QuantizedKernel):
+      return quantized.dot_general(x, stored, (contract, ((), ())), self.dtype, preferred)
     kernel = self.param(
         "kernel",
         nn.with_logical_partitioning(self.kernel_init, self.in_axes + self.out_axes),
         in_shape + tuple(self.out_shape),
         self.param_dtype,
     )
-    contract = (tuple(range(x.ndim - num_in, x.ndim)), tuple(range(num_in)))
     return jax.lax.dot_general(
-        x.astype(self.dtype),
-        kernel.astype(self.dtype),
-        (contract, ((), ())),
-        preferred_element_type=self.output_dtype or self.dtype,
+        x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ())), preferred_element_type=preferred
     )
 
 

@@ -14,7 +14,7 @@ from jax.sharding import Mesh
 from jaxprompt import sharding as sharding_lib
 from jaxprompt.models.albert import Albert
 from jaxprompt.models.albert_config import AlbertConfig
-from jaxprompt.weights import placement
+from jaxprompt.weights import placement, quantize
 from jaxprompt.weights.albert_names import albert_param_sources, detect_layout, is_redundant
 from jaxprompt.weights.bert_loader import encoder_config, open_encoder_checkpoint
 from jaxprompt.weights.bert_names import CheckpointLayout
@@ -38,6 +38,7 @@ def load_albert(
     param_dtype: str = "bfloat16",
     config: AlbertConfig | None = None,
     cache_dir: str | None = None,
+    quantization: quantize.Quantization = quantize.NONE,
     **overrides: Any,
 ) -> tuple[AlbertConfig, dict[str, Any]]:
   """(config, {"params": ...}) for a Hub id or a Hugging Face directory/file (safetensors or .bin).
@@ -49,7 +50,7 @@ def load_albert(
   """
   files, source, layout = open_encoder_checkpoint(checkpoint, cache_dir, detect_layout, "ALBERT")
   config = (config or encoder_config(AlbertConfig, files, layout)).replace(param_dtype=param_dtype, **overrides)
-  return config, load_albert_params(config, source, layout, mesh, rules)
+  return config, load_albert_params(config, source, layout, mesh, rules, quantization)
 
 
 def read_albert_config(checkpoint: str, cache_dir: str | None = None) -> AlbertConfig:
@@ -64,10 +65,12 @@ def load_albert_params(
     layout: CheckpointLayout | None = None,
     mesh: Mesh | None = None,
     rules: sharding_lib.Rules = sharding_lib.DEFAULT_RULES,
+    quantization: quantize.Quantization = quantize.NONE,
 ) -> dict[str, Any]:
   """{"params": ...} from an open checkpoint; fails before loading anything if it does not fit."""
   layout = layout or detect_layout(source)
-  targets = sharding_lib.param_targets(abstract_albert_params(config), mesh, rules)
+  boxed = abstract_albert_params(config)
+  targets = sharding_lib.param_targets(boxed, mesh, rules)
   sources = albert_param_sources(config, layout)
   summary = (
       f"ALBERT embedding={config.embedding_size} hidden={config.hidden_size} heads={config.num_heads} "
@@ -76,7 +79,7 @@ def load_albert_params(
       f"positions={config.max_position_embeddings} token_types={config.type_vocab_size} "
       f"pooler={config.has_pooler} mlm_head={config.has_mlm_head} prefix={layout.prefix!r}"
   )
-  flat = placement.load_params(targets, sources, source, summary)
+  flat = placement.load_params(targets, sources, source, summary, quantization, boxed)
   unused = [n for n in placement.unused_tensors(sources, source) if not is_redundant(n)]
   if unused:
     log.warning("%s: %d tensors not used by the ALBERT backbone: %s", source.description, len(unused), unused[:10])

@@ -8,16 +8,15 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax import traverse_util
-from jax.sharding import Mesh, SingleDeviceSharding
+from jax.sharding import Mesh
 
 from jaxprompt import sharding as sharding_lib
 from jaxprompt.models.bert import Bert
 from jaxprompt.models.bert_config import BertConfig
-from jaxprompt.weights import checkpoint_files, placement
+from jaxprompt.weights import checkpoint_files, placement, quantize
 from jaxprompt.weights.bert_names import CheckpointLayout, bert_param_sources, detect_layout, is_redundant
 from jaxprompt.weights.tensor_sources import TensorSource
 
@@ -32,16 +31,6 @@ def abstract_bert_params(config: BertConfig) -> Any:
   return jax.eval_shape(init)["params"]
 
 
-def _targets(config: BertConfig, mesh: Mesh | None, rules) -> dict[str, jax.ShapeDtypeStruct]:
-  boxed = abstract_bert_params(config)
-  if mesh is None:
-    device = SingleDeviceSharding(jax.devices()[0])
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), nn.meta.unbox(boxed))
-  else:
-    abstract = sharding_lib.abstract_with_shardings(boxed, mesh, rules)
-  return traverse_util.flatten_dict(abstract, sep="/")
-
-
 def load_bert(
     checkpoint: str,
     *,
@@ -50,6 +39,7 @@ def load_bert(
     param_dtype: str = "bfloat16",
     config: BertConfig | None = None,
     cache_dir: str | None = None,
+    quantization: quantize.Quantization = quantize.NONE,
     **overrides: Any,
 ) -> tuple[BertConfig, dict[str, Any]]:
   """(config, {"params": ...}) for a Hub id or a Hugging Face directory/file (safetensors or .bin).
@@ -61,7 +51,7 @@ def load_bert(
   """
   files, source, layout = open_encoder_checkpoint(checkpoint, cache_dir, detect_layout, "BERT")
   config = (config or encoder_config(BertConfig, files, layout)).replace(param_dtype=param_dtype, **overrides)
-  return config, load_bert_params(config, source, layout, mesh, rules)
+  return config, load_bert_params(config, source, layout, mesh, rules, quantization)
 
 
 def read_bert_config(checkpoint: str, cache_dir: str | None = None) -> BertConfig:
@@ -99,10 +89,12 @@ def load_bert_params(
     layout: CheckpointLayout | None = None,
     mesh: Mesh | None = None,
     rules: sharding_lib.Rules = sharding_lib.DEFAULT_RULES,
+    quantization: quantize.Quantization = quantize.NONE,
 ) -> dict[str, Any]:
   """{"params": ...} from an open checkpoint; fails before loading anything if it does not fit."""
   layout = layout or detect_layout(source)
-  targets = _targets(config, mesh, rules)
+  boxed = abstract_bert_params(config)
+  targets = sharding_lib.param_targets(boxed, mesh, rules)
   sources = bert_param_sources(config, layout)
   summary = (
       f"BERT hidden={config.hidden_size} heads={config.num_heads} layers={config.num_layers} "
@@ -111,7 +103,7 @@ def load_bert_params(
       f"pooler={config.has_pooler} mlm_head={config.has_mlm_head} prefix={layout.prefix!r} "
       f"scan_layers={config.scan_layers}"
   )
-  flat = placement.load_params(targets, sources, source, summary)
+  flat = placement.load_params(targets, sources, source, summary, quantization, boxed)
   unused = [n for n in placement.unused_tensors(sources, source) if not is_redundant(n)]
   if unused:
     log.warning("%s: %d tensors not used by the BERT backbone: %s", source.description, len(unused), unused[:10])

@@ -1,8 +1,9 @@
 """GGUF files (llama.cpp) as a TensorSource under Hugging Face Llama names, plus their config.json.
 
 The file is memory-mapped by `gguf.GGUFReader`; each tensor is dequantised to float32 only when it
-is read, so the float model never exists in host memory at once. Names, shapes ([out, in] for
-linear layers) and the Q/K row order are Hugging Face's, so `llama_names` loads them unchanged.
+is read, so the float model never exists in host memory at once; with config.model.quantization=
+"gguf" its Q8_0 / Q4_0 / Q4_1 blocks are read as they are. Names, shapes ([out, in] for linear
+layers) and the Q/K row order are Hugging Face's, so `llama_names` loads them unchanged.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import gguf
 import numpy as np
 
+from jaxprompt.models.quantized import QuantizedKernel
 from jaxprompt.weights.tensor_sources import LazyTensor, TensorSource
 
 SUPPORTED_ARCHITECTURES = ("llama",)
@@ -100,6 +102,30 @@ def _read(tensor: gguf.ReaderTensor, shape: tuple[int, ...], rotary_heads: int |
   array = gguf.quants.dequantize(np.asarray(tensor.data), tensor.tensor_type).reshape(shape)
   array = array.astype(np.float32, copy=False)
   return array if rotary_heads is None else undo_rotary_permutation(array, rotary_heads)
+
+
+# GGUF block types the quantised matmul reads as they are: type -> (scheme, block, bytes per block).
+# Each block starts with its float16 scale d (Q4_1: then its float16 offset m), then its codes.
+KEPT_BLOCKS = {
+    gguf.GGMLQuantizationType.Q8_0: ("int8", 32, 34),
+    gguf.GGMLQuantizationType.Q4_0: ("int4", 32, 18),
+    gguf.GGMLQuantizationType.Q4_1: ("uint4", 32, 20),
+}
+
+
+def _read_blocks(tensor: gguf.ReaderTensor, shape: tuple[int, ...], rotary_heads: int | None) -> QuantizedKernel:
+  """A Q8_0 / Q4_0 / Q4_1 tensor's codes, scales (and offsets) as stored, rows in Hugging Face's
+  order: [out, in] codes (4-bit ones packed as GGUF packs them, [out, in/2]) and [out, in/32] scales."""
+  scheme, block, nbytes = KEPT_BLOCKS[tensor.tensor_type]
+  rows = int(np.prod(shape[:-1]))
+  raw = np.asarray(tensor.data).reshape(rows, shape[-1] // block, nbytes)
+  half = lambda column: raw[..., column:column + 2].copy().view(np.float16)[..., 0]
+  header = 4 if scheme == "uint4" else 2
+  codes = raw[..., header:].reshape(rows, -1)
+  parts = [codes.view(np.int8) if scheme == "int8" else codes, half(0), half(2) if scheme == "uint4" else None]
+  if rotary_heads is not None:
+    parts = [None if p is None else undo_rotary_permutation(p, rotary_heads) for p in parts]
+  return QuantizedKernel(*parts, scheme=scheme, block=block, axis=-1)
 
 
 def _check_supported(reader: gguf.GGUFReader, path: str | os.PathLike) -> None:
@@ -191,5 +217,9 @@ def open_gguf(path: str | os.PathLike) -> tuple[TensorSource, dict[str, Any]]:
     parts = name.split(".")
     heads = rotary_heads.get(parts[-2]) if len(parts) > 1 and parts[-1] == "weight" else None
     read = functools.partial(_read, t, shape, heads)
-    tensors[name] = LazyTensor(name, shape, np.dtype(np.float32), str(path), read)
+    kept = KEPT_BLOCKS.get(t.tensor_type)
+    tensors[name] = LazyTensor(
+        name, shape, np.dtype(np.float32), str(path), read, block_format=kept and kept[:2],
+        read_blocks=kept and functools.partial(_read_blocks, t, shape, heads),
+    )
   return TensorSource(tensors, str(path)), config

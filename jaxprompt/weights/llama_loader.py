@@ -15,7 +15,7 @@ from jax.sharding import Mesh
 from jaxprompt import sharding as sharding_lib
 from jaxprompt.models.llama import Llama
 from jaxprompt.models.llama_config import LlamaConfig
-from jaxprompt.weights import checkpoint_files, placement
+from jaxprompt.weights import checkpoint_files, placement, quantize
 from jaxprompt.weights.llama_names import LM_HEAD, llama_param_sources
 from jaxprompt.weights.tensor_sources import TensorSource
 
@@ -37,6 +37,7 @@ def load_llama(
     param_dtype: str = "bfloat16",
     config: LlamaConfig | None = None,
     cache_dir: str | None = None,
+    quantization: quantize.Quantization = quantize.NONE,
     **overrides: Any,
 ) -> tuple[LlamaConfig, dict[str, Any]]:
   """(config, {"params": ...}) for a Hub id, an HF directory/file, or a `.gguf` file.
@@ -47,7 +48,7 @@ def load_llama(
   source, hf_config, where = _open(checkpoint, cache_dir)
   config = config or _read_config(source, hf_config, where)
   config = config.replace(param_dtype=param_dtype, **overrides)
-  return config, load_llama_params(config, source, mesh, rules)
+  return config, load_llama_params(config, source, mesh, rules, quantization)
 
 
 def read_llama_config(checkpoint: str, cache_dir: str | None = None) -> LlamaConfig:
@@ -83,16 +84,18 @@ def load_llama_params(
     source: TensorSource,
     mesh: Mesh | None = None,
     rules: sharding_lib.Rules = sharding_lib.DEFAULT_RULES,
+    quantization: quantize.Quantization = quantize.NONE,
 ) -> dict[str, Any]:
   """{"params": ...} from an open checkpoint; fails before loading anything if it does not fit."""
-  targets = sharding_lib.param_targets(abstract_llama_params(config), mesh, rules)
+  boxed = abstract_llama_params(config)
+  targets = sharding_lib.param_targets(boxed, mesh, rules)
   sources = llama_param_sources(config)
   summary = (
       f"Llama hidden={config.hidden_size} heads={config.num_heads}/{config.num_kv_heads} "
       f"head_dim={config.head_dim} mlp={config.intermediate_size} layers={config.num_layers} "
       f"vocab={config.vocab_size} tied={config.tie_word_embeddings} scan_layers={config.scan_layers}"
   )
-  flat = placement.load_params(targets, sources, source, summary)
+  flat = placement.load_params(targets, sources, source, summary, quantization, boxed)
   unused = [n for n in placement.unused_tensors(sources, source) if not n.endswith("rotary_emb.inv_freq")]
   if unused:
     log.warning("%s: %d tensors not used by the Llama backbone: %s", source.description, len(unused), unused[:10])

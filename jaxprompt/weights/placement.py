@@ -12,12 +12,14 @@ shards plus one checkpoint tensor, never the model.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import numpy as np
 
+from jaxprompt.models.quantized import QuantizedKernel
+from jaxprompt.weights import quantize
 from jaxprompt.weights.tensor_sources import LazyTensor, TensorSource
 
 # How a checkpoint matrix maps onto a param: "plain" (same shape), "in_heads" ([D, H*K] ->
@@ -96,33 +98,53 @@ def _index_key(index: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[tuple[
   return tuple(s.indices(n)[:2] for s, n in zip(index, shape))
 
 
-def build_param(
-    target: jax.ShapeDtypeStruct, source: ParamSource, checkpoint: TensorSource
-) -> jax.Array:
-  """One param as a jax.Array in `target.sharding`, from this host's shards only."""
-  shape, dtype = tuple(target.shape), np.dtype(target.dtype)
-  devices_by_key: dict[tuple, list[Any]] = {}
-  for device, index in target.sharding.addressable_devices_indices_map(shape).items():
-    devices_by_key.setdefault(_index_key(index, shape), []).append(device)
-  buffers = {key: np.empty([b - a for a, b in key], dtype) for key in devices_by_key}
+def _layer_arrays(target: Any, source: ParamSource, tensor: LazyTensor) -> list[np.ndarray]:
+  """One checkpoint tensor as the arrays of `target`'s leaves, in the param's layout: the float
+  kernel; or, for a quantised kernel, its codes, scales (and offsets), from the file's own blocks
+  where it keeps them, else quantised here."""
+  if not isinstance(target, QuantizedKernel):
+    return [source.convert(tensor.read(), tuple(target.shape))]
+  blocks = tensor.read_blocks() if tensor.read_blocks is not None else None
+  if blocks is not None and (blocks.scheme, blocks.block) == (target.scheme, target.block):
+    return [source.convert(part, tuple(t.shape)) for part, t in zip(jax.tree.leaves(blocks), jax.tree.leaves(target))]
+  kernel_shape = target.shape[1:] if source.stacked else target.shape
+  kernel = source.convert(tensor.read(), (1, *kernel_shape) if source.stacked else kernel_shape)
+  return jax.tree.leaves(quantize.quantize(kernel, target.scheme, target.block, target.axis))
+
+
+def build_param(target: Any, source: ParamSource, checkpoint: TensorSource) -> Any:
+  """One param (a jax.Array, or a QuantizedKernel of them) in its target shardings, from this
+  host's shards only."""
+  leaves, treedef = jax.tree.flatten(target)
+  devices_by_key, buffers = [], []
+  for leaf in leaves:
+    shape, dtype = tuple(leaf.shape), np.dtype(leaf.dtype)
+    by_key: dict[tuple, list[Any]] = {}
+    for device, index in leaf.sharding.addressable_devices_indices_map(shape).items():
+      by_key.setdefault(_index_key(index, shape), []).append(device)
+    devices_by_key.append(by_key)
+    buffers.append({key: np.empty([b - a for a, b in key], dtype) for key in by_key})
 
   def fill(tensor: LazyTensor, layer: int | None):
-    full = source.convert(tensor.read(), shape)
-    for key, buf in buffers.items():
-      if layer is None:
-        buf[...] = full[tuple(slice(a, b) for a, b in key)]
-      elif key[0][0] <= layer < key[0][1]:
-        buf[layer - key[0][0]] = full[tuple(slice(a, b) for a, b in key[1:])]
+    for full, leaf_buffers in zip(_layer_arrays(target, source, tensor), buffers):
+      for key, buf in leaf_buffers.items():
+        if layer is None:
+          buf[...] = full[tuple(slice(a, b) for a, b in key)]
+        elif key[0][0] <= layer < key[0][1]:
+          buf[layer - key[0][0]] = full[tuple(slice(a, b) for a, b in key[1:])]
 
   if source.stacked:
     for layer, name in enumerate(source.names):
-      if any(key[0][0] <= layer < key[0][1] for key in buffers):
+      if any(key[0][0] <= layer < key[0][1] for key in buffers[0]):
         fill(checkpoint[name], layer)
   else:
     fill(checkpoint[source.names[0]], None)
 
-  shards = [jax.device_put(buffers[key], d) for key, devices in devices_by_key.items() for d in devices]
-  return jax.make_array_from_single_device_arrays(shape, target.sharding, shards)
+  arrays = []
+  for leaf, by_key, leaf_buffers in zip(leaves, devices_by_key, buffers):
+    shards = [jax.device_put(leaf_buffers[key], d) for key, devices in by_key.items() for d in devices]
+    arrays.append(jax.make_array_from_single_device_arrays(tuple(leaf.shape), leaf.sharding, shards))
+  return jax.tree.unflatten(treedef, arrays)
 
 
 def load_params(
@@ -130,13 +152,27 @@ def load_params(
     sources: Mapping[str, ParamSource],
     checkpoint: TensorSource,
     config_summary: str,
-    on_param: Callable[[str], None] | None = None,
-) -> dict[str, jax.Array]:
-  """Checks every source, then builds every param; returns '/'-joined path -> array."""
+    quantization: quantize.Quantization = quantize.NONE,
+    boxed_params: Any = None,
+) -> dict[str, Any]:
+  """Checks every source, then builds every param; returns '/'-joined path -> array (a
+  QuantizedKernel of arrays for the kernels `quantization` quantises; `boxed_params`, the abstract
+  init, names their axes)."""
   check_sources(targets, sources, checkpoint, config_summary)
+  if quantization.enabled:
+    targets = quantize.quantized_targets(targets, boxed_params, quantization, file_block_formats(sources, checkpoint))
   params = {}
   for path, target in targets.items():
     params[path] = build_param(target, sources[path], checkpoint)
-    if on_param is not None:
-      on_param(path)
   return params
+
+
+def file_block_formats(sources: Mapping[str, ParamSource], checkpoint: TensorSource) -> dict[str, tuple[str, int]]:
+  """param path -> the (scheme, block) its tensors are stored in, for params whose every tensor is
+  in one format the quantised matmul reads as it is (GGUF's Q8_0, Q4_0, Q4_1)."""
+  formats = {}
+  for path, src in sources.items():
+    kinds = {checkpoint[name].block_format for name in src.names if name in checkpoint}
+    if len(kinds) == 1 and None not in kinds:
+      formats[path] = kinds.pop()
+  return formats

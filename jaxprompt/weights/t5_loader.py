@@ -16,7 +16,7 @@ from jax.sharding import Mesh
 from jaxprompt import sharding as sharding_lib
 from jaxprompt.models.t5 import T5
 from jaxprompt.models.t5_config import T5Config
-from jaxprompt.weights import checkpoint_files, placement
+from jaxprompt.weights import checkpoint_files, placement, quantize
 from jaxprompt.weights.t5_names import HF_REDUNDANT, Dialect, t5_param_sources
 from jaxprompt.weights.tensor_sources import TensorSource
 
@@ -80,6 +80,7 @@ def load_t5(
     param_dtype: str = "bfloat16",
     config: T5Config | None = None,
     cache_dir: str | None = None,
+    quantization: quantize.Quantization = quantize.NONE,
     **overrides: Any,
 ) -> tuple[T5Config, dict[str, Any]]:
   """(config, {"params": ...}) for a Hub id, an HF directory/file or a T5X checkpoint.
@@ -91,7 +92,7 @@ def load_t5(
   """
   files, source, dialect, prefix = _open(checkpoint, cache_dir)
   config = (config or _read_config(files, source, dialect, prefix)).replace(param_dtype=param_dtype, **overrides)
-  return config, load_t5_params(config, source, dialect, prefix, mesh, rules)
+  return config, load_t5_params(config, source, dialect, prefix, mesh, rules, quantization)
 
 
 def read_t5_config(checkpoint: str, cache_dir: str | None = None) -> T5Config:
@@ -122,9 +123,11 @@ def load_t5_params(
     prefix: str = "",
     mesh: Mesh | None = None,
     rules: sharding_lib.Rules = sharding_lib.DEFAULT_RULES,
+    quantization: quantize.Quantization = quantize.NONE,
 ) -> dict[str, Any]:
   """{"params": ...} from an open checkpoint; fails before loading anything if it does not fit."""
-  targets = sharding_lib.param_targets(abstract_t5_params(config), mesh, rules)
+  boxed = abstract_t5_params(config)
+  targets = sharding_lib.param_targets(boxed, mesh, rules)
   sources = t5_param_sources(config, dialect, prefix)
   summary = (
       f"T5 d_model={config.d_model} d_kv={config.d_kv} d_ff={config.d_ff} heads={config.num_heads} "
@@ -132,7 +135,7 @@ def load_t5_params(
       f"feed_forward_proj={config.feed_forward_proj} tied={config.tie_word_embeddings} "
       f"scan_layers={config.scan_layers}"
   )
-  flat = placement.load_params(targets, sources, source, summary)
+  flat = placement.load_params(targets, sources, source, summary, quantization, boxed)
   unused = [
       n for n in placement.unused_tensors(sources, source)
       if n[len(prefix):] not in HF_REDUNDANT and not (dialect == "t5x" and not n.startswith(prefix))

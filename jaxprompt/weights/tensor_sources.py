@@ -13,6 +13,7 @@ import mmap
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import ml_dtypes
 import msgpack
@@ -43,6 +44,10 @@ class LazyTensor:
   dtype: np.dtype
   file: str
   read: Callable[[], np.ndarray] = dataclasses.field(repr=False, compare=False)
+  # A quantised file's own blocks (GGUF): their (scheme, block) and a reader of them as a
+  # QuantizedKernel in the file's layout; None for plain tensors.
+  block_format: tuple[str, int] | None = None
+  read_blocks: Callable[[], Any] | None = dataclasses.field(default=None, repr=False, compare=False)
 
 
 class TensorSource(Mapping[str, LazyTensor]):

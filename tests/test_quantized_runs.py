@@ -1,0 +1,66 @@
+"""Runs on a quantised frozen backbone: prompt methods train and resume on the 8-device mesh, the
+planner counts the quantised weights, and weights that train cannot be quantised."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import pytest
+from flax import traverse_util
+
+from jaxprompt import experiment, sharding
+from jaxprompt.models.quantized import QuantizedKernel
+from jaxprompt.plan import abstract_experiment, plan
+from jaxprompt.training import train_and_evaluate
+from tests.method_runs import CASES
+from tests.run_configs import tiny_config
+
+is_kernel = lambda x: isinstance(x, QuantizedKernel)
+
+
+def _kernels(frozen) -> list[QuantizedKernel]:
+  return [x for x in jax.tree.leaves(frozen, is_leaf=is_kernel) if is_kernel(x)]
+
+
+def _config(case: str):
+  return tiny_config() if case == "prompt_tuning-t5" else CASES[case]()
+
+
+# SmolLM2's own Q4_1 file trains in bench/smollm_quantised.py (the real model is slow for the suite);
+# tests/weights/test_gguf_quantised.py shows its kept blocks give the float file's logits.
+@pytest.mark.parametrize("case, scheme", [("prompt_tuning-t5", "nf4"), ("prefix_tuning-llama", "int4"),
+                                          ("p_tuning_v2-bert", "int8")])
+def test_a_prompt_trains_on_a_quantised_backbone(case, scheme, tmp_path):
+  config = _config(case)
+  config.model.quantization, config.num_steps, config.eval_every = scheme, 4, 4
+  exp = experiment.build(config)
+  kernels = _kernels(exp.frozen)
+  assert kernels and {k.scheme for k in kernels} == {scheme}
+  metrics = train_and_evaluate(config, str(tmp_path), beside=exp)
+  assert 0 < metrics["eval"]["eval/loss"] < 1e3  # finite: no NaN through the codes
+  assert train_and_evaluate(config, str(tmp_path))["step"] == 4  # a finished run restores its prompt
+
+
+def test_the_planner_plans_quantised_weights():
+  mesh_sizes = {"data": 2, "fsdp": 4, "tensor": 1}
+  config = tiny_config(**{"model.param_dtype": "float32", "model.quantization": "nf4"})
+  report = plan(config, mesh_sizes)
+  assert report["quantization"] == "nf4" and report["peak_gib_per_device"] > 0
+  flat = lambda exp: traverse_util.flatten_dict(exp.frozen["params"], sep="/")
+  quantised = flat(abstract_experiment(config, sharding.make_mesh(mesh_sizes)))
+  config.model.quantization = "none"
+  full = flat(abstract_experiment(config, sharding.make_mesh(mesh_sizes)))
+  kernels = [path for path, x in quantised.items() if is_kernel(x)]
+  nbytes = lambda x: sum(math.prod(leaf.shape) * leaf.dtype.itemsize for leaf in jax.tree.leaves(x))
+  # 4-bit codes and a float16 scale per block (64 weights, or fewer on a narrower axis) against float32.
+  assert kernels and max(quantised[path].block for path in kernels) == 32  # tiny T5: 32 wide
+  for path in kernels:
+    assert nbytes(quantised[path]) == nbytes(full[path]) * (4 + 16 / quantised[path].block) / 32, path
+  assert quantised["encoder/layers/mlp/wi_0/kernel"].values.sharding.spec == full["encoder/layers/mlp/wi_0/kernel"].sharding.spec
+
+
+def test_trained_backbone_weights_cannot_be_quantised():
+  config = tiny_config(**{"model.quantization": "int8", "model.trainable": "all"})
+  with pytest.raises(ValueError, match="config.model.trainable='all': weights that train cannot be quantised"):
+    experiment.build(config)
