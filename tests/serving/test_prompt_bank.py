@@ -3,9 +3,11 @@ gives each request what its prompt gives alone."""
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 
 from configs import p_tuning_v2
+from jaxprompt.models.quantized import QuantizedKernel
 from jaxprompt.serving.requests import Request, serve, step_outputs
 from tests.method_runs import CASES, CLOZE_CASES, small, tiny_mlm
 from tests.run_configs import small_sst2_files, tiny_config
@@ -112,4 +114,17 @@ def test_p_tuning_prompts_mixed_batch_equals_each_prompt_alone(tmp_path):
   assert bank.method.markers and list(bank.tables["soft_lengths"][:3]) == [5, 2, 0]
   assert [p.where for p in bank.prompts] == [str(tmp_path / name / path) for name, path in within.items()]
   per_prompt = {name: eval_records(config, 2) for name, config in configs.items()}
+  _assert_each_as_alone(bank, _interleaved(per_prompt), per_prompt)
+
+
+def test_quantised_backbone_bank_mixed_batch_equals_each_prompt_alone(tmp_path):
+  """A bank on a 4-bit decoder (config.model.quantization=nf4): the bank's backbone keeps its
+  kernels quantised, and a mixed batch still gives each prompt what it gives alone."""
+  llama = lambda **o: CASES["prefix_tuning-llama"](**{"model.quantization": "nf4", **o})
+  configs = {"prompt4": llama(**{"prompt.method": "prompt_tuning", "prompt.length": 4}), "prefix3": llama()}
+  bank = saved_bank(tmp_path, llama(), configs)
+  schemes = {x.scheme for x in jax.tree.leaves(bank.exp.frozen, is_leaf=lambda x: isinstance(x, QuantizedKernel))
+             if isinstance(x, QuantizedKernel)}
+  assert schemes == {"nf4"}
+  per_prompt = {name: eval_records(config, 3) for name, config in configs.items()}
   _assert_each_as_alone(bank, _interleaved(per_prompt), per_prompt)
