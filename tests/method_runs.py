@@ -1,15 +1,20 @@
 """The method configs (configs/prefix_tuning.py, p_tuning.py, p_tuning_v2.py, multi_task.py) shrunk
 for tests: tiny random T5 and Llama backbones with their real vocabularies, the real MiniLM encoder,
-the real SST-2 / SuperGLUE files, a batch of 8 on the 2x4 fake-device mesh."""
+the real SST-2 / SuperGLUE files, a batch of 8 on the 2x4 fake-device mesh; and a short training
+check of one (`train_and_check`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
 
+import jax
 import ml_collections
+import numpy as np
 
 from configs import cloze, multi_task, p_tuning, p_tuning_v2, prefix_tuning
+from jaxprompt import experiment, sharding
+from jaxprompt.tasks import pipeline
 from tests.assets import minilm_dir, smollm2_gguf
 from tests.conftest import SHARED_DATA
 from tests.run_configs import apply_overrides, localized, small_sst2_files
@@ -107,3 +112,37 @@ CLOZE_CASES: dict[str, Callable[..., ml_collections.ConfigDict]] = {
     "prompt_tuning-albert-copa": lambda **o: small(
         tiny_mlm(cloze.get_config("recipe=pet,task=copa,train=prompt,data=local")), **{"prompt.length": 4, **o}),
 }
+
+
+def host(tree):
+  return jax.tree.map(lambda x: np.array(x, copy=True), tree)
+
+
+def train_and_check(config: ml_collections.ConfigDict, steps: int) -> tuple[float, float]:
+  """Trains `steps` steps of 8 over the task's first 32 examples; checks the frozen backbone is
+  untouched and every prompt param moved; returns the loss on those 32 examples before and after."""
+  config.num_steps = steps  # the schedule's horizon (linear decay reaches 0 there)
+  exp = experiment.build(config)
+  examples = experiment.train_features(exp)[:32]
+  args = (config.data.max_input_len, config.data.max_target_len, tuple(config.data.bucket_lengths), 0, 1,
+          exp.backbone.codec.pad_inputs_left)
+  iterator = pipeline.train_iterator(examples, config.batch_size, config.seed, *args)
+  fixed_batches = [pipeline.to_global(b, exp.batch_sharding) for b in pipeline.eval_batches(examples, 8, *args)]
+  loss_sum = jax.jit(exp.backbone.loss_sum(exp.method, exp.objective_labels))
+  step = exp.train_step()
+
+  with sharding.activate(exp.mesh, exp.rules):
+    def loss(params):
+      sums = [loss_sum(params, exp.frozen, b, jax.random.key(0)) for b in fixed_batches]
+      return float(sum(s for s, _ in sums) / sum(n for _, n in sums))
+
+    state = exp.init_state(exp.init_params(jax.random.key(config.seed)))
+    frozen_before, params_before, loss_before = host(exp.frozen), host(state.params), loss(state.params)
+    for _ in range(steps):
+      state, _ = step(state, exp.frozen, pipeline.to_global(next(iterator), exp.batch_sharding), jax.random.key(1))
+    loss_after = loss(state.params)
+
+  jax.tree.map(np.testing.assert_array_equal, frozen_before, host(exp.frozen))
+  moved = jax.tree.map(lambda a, b: not np.array_equal(a, b), params_before, host(state.params))
+  assert all(jax.tree.leaves(moved)), f"prompt params that did not move: {moved}"
+  return loss_before, loss_after

@@ -10,58 +10,23 @@ import jax
 import numpy as np
 import pytest
 
-from jaxprompt import experiment, sharding, training
+from jaxprompt import experiment, training
 from jaxprompt.checkpoint import load_export
 from jaxprompt.evaluation import evaluate_prompt, load_prompt_params
-from jaxprompt.tasks import pipeline
 from jaxprompt.training import train_and_evaluate
-from tests.method_runs import CASES, CLOZE_CASES, conll_config
+from tests.method_runs import CASES, CLOZE_CASES, conll_config, host, train_and_check
 
 STEPS = 16
 
 
-def _host(tree):
-  return jax.tree.map(lambda x: np.array(x, copy=True), tree)
-
-
-def _train_and_check(config) -> tuple[float, float]:
-  """Trains STEPS steps of 8 over the task's first 32 examples; checks the frozen backbone is
-  untouched and every prompt param moved; returns the loss on those 32 examples before and after."""
-  config.num_steps = STEPS  # the schedule's horizon (linear decay reaches 0 there)
-  exp = experiment.build(config)
-  examples = experiment.train_features(exp)[:32]
-  args = (config.data.max_input_len, config.data.max_target_len, tuple(config.data.bucket_lengths), 0, 1,
-          exp.backbone.codec.pad_inputs_left)
-  iterator = pipeline.train_iterator(examples, config.batch_size, config.seed, *args)
-  fixed_batches = [pipeline.to_global(b, exp.batch_sharding) for b in pipeline.eval_batches(examples, 8, *args)]
-  loss_sum = jax.jit(exp.backbone.loss_sum(exp.method, exp.objective_labels))
-  step = exp.train_step()
-
-  with sharding.activate(exp.mesh, exp.rules):
-    def loss(params):
-      sums = [loss_sum(params, exp.frozen, b, jax.random.key(0)) for b in fixed_batches]
-      return float(sum(s for s, _ in sums) / sum(n for _, n in sums))
-
-    state = exp.init_state(exp.init_params(jax.random.key(config.seed)))
-    frozen_before, params_before, loss_before = _host(exp.frozen), _host(state.params), loss(state.params)
-    for _ in range(STEPS):
-      state, _ = step(state, exp.frozen, pipeline.to_global(next(iterator), exp.batch_sharding), jax.random.key(1))
-    loss_after = loss(state.params)
-
-  jax.tree.map(np.testing.assert_array_equal, frozen_before, _host(exp.frozen))
-  moved = jax.tree.map(lambda a, b: not np.array_equal(a, b), params_before, _host(state.params))
-  assert all(jax.tree.leaves(moved)), f"prompt params that did not move: {moved}"
-  return loss_before, loss_after
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_training_moves_only_the_prompt_and_lowers_the_loss(case):
-  before, after = _train_and_check(CASES[case]())
+  before, after = train_and_check(CASES[case](), STEPS)
   assert after < 0.95 * before, (before, after)
 
 
 def test_p_tuning_v2_token_head_learns_tags(tmp_path):
-  before, after = _train_and_check(conll_config(tmp_path))
+  before, after = train_and_check(conll_config(tmp_path), STEPS)
   assert after < 0.5 * before, (before, after)
 
 
@@ -92,7 +57,7 @@ def test_resume_is_bitwise_and_the_export_serves_the_same_prompt(case, tmp_path,
   exp = experiment.build(config)
   _, a, _, _ = load_prompt_params(exp, str(straight / "checkpoints" / "4"))
   _, b, _, _ = load_prompt_params(exp, str(resumed / "checkpoints" / "4"))
-  jax.tree.map(np.testing.assert_array_equal, _host(a), _host(b))
+  jax.tree.map(np.testing.assert_array_equal, host(a), host(b))
   # The checkpoint keeps the full trainable state (the MLP, the LSTM), the export what it produces;
   # served from the export, the prompt scores as the training run's own evaluation did.
   export = next((straight / "prompts").glob("step_4.np*"))
