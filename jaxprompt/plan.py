@@ -151,6 +151,9 @@ def tpu_devices(topology: str) -> list[jax.Device]:
 
   # TPU VMs run each v4 chip's two cores as one device; libtpu's default would make two of 16 GiB.
   options = {"chip_config_name": "megacore"} if topology.startswith("v4") else {}
+  chips = topology.partition(":")[2].split("x")
+  if all(c == "1" for c in chips):  # one chip (v5e:1x1): libtpu's default host is 2x2 chips
+    options["chips_per_host_bounds"] = (1, 1, 1)
   try:
     return list(topologies.get_topology_desc(topology_name=topology, platform="tpu", **options).devices)
   except Exception as error:  # noqa: BLE001 - missing libtpu and bad names both land here
