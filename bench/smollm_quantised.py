@@ -6,8 +6,8 @@ time and memory of each.
 
 Training: each variant is `python -m jaxprompt.train --config=configs/smollm_sst2_prompt.py:data=local
 --config.model.checkpoint=GGUF --config.model.quantization=Q` in its own subprocess, into --out/Q
-(it resumes there; a finished run is not trained again), its wall time and peak resident memory
-(wait4's ru_maxrss) recorded. "none" is the demo as it is: the file dequantised to float32.
+(it resumes there; a finished run is not trained again, nor a measured variant measured again),
+its wall time and peak resident memory (wait4's ru_maxrss) recorded. "none" is the demo as it is: the file dequantised to float32.
 Accuracy: the best checkpoint on the whole dev set (config.data.max_eval_examples=0). Step time:
 in one process, every variant's jitted train step on the same batches, the variants taking turns
 for --rounds rounds (median seconds per step, and each one's ratio to float32's). Frozen weights:
@@ -132,12 +132,17 @@ def main(argv):
   variants = _VARIANTS.value
   rows = {}
   for q in variants:
+    row_file = out / q / "row.json"  # a variant measured before is not measured again
+    if row_file.exists():
+      rows[q] = json.loads(row_file.read_text())
+      continue
     rows[q] = _train(q, out / q)
     config = _config(q)
     config.data.max_eval_examples = 0  # every dev row
     rows[q]["dev_accuracy"] = evaluate_prompt(config, str(out / q))["eval/accuracy"]
     rows[q]["frozen_weights_gib"] = _frozen_gib(q)
     rows[q]["load_peak_rss_gib"] = _load_peak_rss_gib(q, out / q)
+    row_file.write_text(json.dumps(rows[q]) + "\n")
   for q, seconds in _step_times(variants).items():
     rows[q]["step_seconds"] = seconds
   results = {"date": datetime.date.today().isoformat(), "machine": machine(), "jax": jax.__version__, "rows": rows}
