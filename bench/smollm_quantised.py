@@ -33,6 +33,7 @@ from absl import app, flags
 from bench.t5_forward_backward import machine
 from configs import smollm_sst2_prompt
 from jaxprompt import experiment, sharding
+from jaxprompt.backbones import load_backbone
 from jaxprompt.evaluation import evaluate_prompt
 from jaxprompt.tasks import pipeline
 
@@ -118,9 +119,12 @@ def _step_times(variants: list[str]) -> dict[str, float]:
 
 
 def _frozen_gib(quantization: str) -> float:
+  """The loaded backbone's bytes; the backbone alone, so that a --load_only process's peak is the
+  loading's (a whole experiment also reads and tokenizes the task's data)."""
   config = _config(quantization)
-  exp = experiment.build(config, mesh=sharding.make_mesh({"data": 1}, devices=jax.devices()[:1]))
-  return sum(x.nbytes for x in jax.tree.leaves(exp.frozen)) / 2**30
+  mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
+  backbone = load_backbone(config.model, mesh, tuple(config.rules))
+  return sum(x.nbytes for x in jax.tree.leaves(backbone.frozen)) / 2**30
 
 
 def main(argv):
