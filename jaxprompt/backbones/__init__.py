@@ -53,7 +53,8 @@ def abstract_backbone(model: ml_collections.ConfigDict, mesh: Mesh, rules) -> Ba
   quantization = Quantization.from_config(model)
   if quantization.enabled:  # the quantised kernels' codes and scales, as a load would place them
     flat = traverse_util.flatten_dict(params, sep="/")
-    flat = quantized_targets(flat, boxed, quantization, family.file_block_formats(model, config))
+    formats = family.file_block_formats(model, config) if quantization.scheme == "gguf" else {}  # only gguf keeps them
+    flat = quantized_targets(flat, boxed, quantization, formats)
     params = traverse_util.unflatten_dict(flat, sep="/")
   source = model.tokenizer or model.checkpoint
   tokenizer = family.tokenizer(model) if source and Path(source).expanduser().exists() else None

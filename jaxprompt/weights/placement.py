@@ -104,11 +104,10 @@ def _layer_arrays(target: Any, source: ParamSource, tensor: LazyTensor) -> list[
   where it keeps them, else quantised here."""
   if not isinstance(target, QuantizedKernel):
     return [source.convert(tensor.read(), tuple(target.shape))]
-  blocks = tensor.read_blocks() if tensor.read_blocks is not None else None
-  if blocks is not None and (blocks.scheme, blocks.block) == (target.scheme, target.block):
-    return [source.convert(part, tuple(t.shape)) for part, t in zip(jax.tree.leaves(blocks), jax.tree.leaves(target))]
-  kernel_shape = target.shape[1:] if source.stacked else target.shape
-  kernel = source.convert(tensor.read(), (1, *kernel_shape) if source.stacked else kernel_shape)
+  if tensor.block_format == (target.scheme, target.block):
+    parts = jax.tree.leaves(tensor.read_blocks())
+    return [source.convert(part, tuple(t.shape)) for part, t in zip(parts, jax.tree.leaves(target))]
+  kernel = source.convert(tensor.read(), tuple(target.shape))
   return jax.tree.leaves(quantize.quantize(kernel, target.scheme, target.block, target.axis))
 
 
