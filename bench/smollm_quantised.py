@@ -7,7 +7,8 @@ time and memory of each.
 Training: each variant is `python -m jaxprompt.train --config=configs/smollm_sst2_prompt.py:data=local
 --config.model.checkpoint=GGUF --config.model.quantization=Q` in its own subprocess, into --out/Q
 (it resumes there; a finished run is not trained again, nor a measured variant measured again),
-its wall time and peak resident memory (wait4's ru_maxrss) recorded. "none" is the demo as it is: the file dequantised to float32.
+its wall time and peak resident memory (wait4's ru_maxrss) recorded. "none" is the demo as it is:
+the file dequantised to float32.
 Accuracy: the best checkpoint on the whole dev set (config.data.max_eval_examples=0). Step time:
 in one process, every variant's jitted train step on the same batches, the variants taking turns
 for --rounds rounds (median seconds per step, and each one's ratio to float32's). Frozen weights:
