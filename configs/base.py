@@ -4,7 +4,9 @@ smollm_sst2_prompt.py, ...) start from `base_config()` and set their own values.
 from __future__ import annotations
 
 import ml_collections
+from ml_collections import config_dict
 
+from jaxprompt.models import layer_scan
 from jaxprompt.sharding import DEFAULT_RULES
 
 
@@ -43,7 +45,10 @@ def base_config() -> ml_collections.ConfigDict:
       add_bos=False,  # decoders: start every input with the BOS token
       dtype="bfloat16",  # compute dtype of the backbone
       param_dtype="bfloat16",  # frozen weights are stored in this dtype
-      scan_layers=True,  # nn.scan over layers: compile time independent of depth
+      # True: nn.scan over the layers (compile time independent of depth); False: unrolled (faster
+      # steps at small sizes); auto: unrolled below 1B weights in the layers, scanned from there
+      # (jaxprompt/models/layer_scan.py). Either Python type may be assigned: True/False or "auto".
+      scan_layers=config_dict.FieldReference(layer_scan.AUTO, field_type=object),
       remat_policy="none",  # none | full | dots | dots_no_batch | qkv_out: trade compute for memory
       dropout_rate=0.0,  # dropout inside the frozen model (T5)
       init_seed=0,  # seed of the random backbone when checkpoint is empty

@@ -13,8 +13,9 @@ from jaxprompt.tasks import pipeline
 from jaxprompt.training import train_and_evaluate
 from tests.run_configs import tiny_config, workdir_files
 
-# The first step's loss of configs/t5_prompt.py:size=tiny on SST-2 (seed 0): a regression pin.
-GOLDEN_FIRST_LOSS = 11.114089012145996
+# The first step's loss of configs/t5_prompt.py:size=tiny on SST-2 (seed 0): a regression pin. Its
+# layers unrolled ("auto" at this size; the random init differs by layout: 11.114089 scanned).
+GOLDEN_FIRST_LOSS = 10.607446670532227
 
 
 def _first_batches(exp, n: int):

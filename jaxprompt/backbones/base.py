@@ -22,6 +22,7 @@ from jax.sharding import Mesh
 
 from jaxprompt import objectives
 from jaxprompt import sharding as sharding_lib
+from jaxprompt.models import layer_scan
 from jaxprompt.flops import StepFlops
 from jaxprompt.prompts.prefix_tuning import AttentionShape
 from jaxprompt.tasks.codec import TextCodec
@@ -33,6 +34,9 @@ HEAD_OBJECTIVES = ("classify", "tag")
 
 def run_fields(model: ml_collections.ConfigDict) -> dict[str, Any]:
   """How the backbone runs (not what it is): the config.model keys every family's config takes."""
+  if not (isinstance(model.scan_layers, bool) or model.scan_layers == layer_scan.AUTO):
+    raise ValueError(f"config.model.scan_layers={model.scan_layers!r}: use True (scanned), False (unrolled) or"
+                     f" {layer_scan.AUTO!r} (by model size)")
   return dict(dtype=model.dtype, scan_layers=model.scan_layers, remat_policy=model.remat_policy,
               dropout_rate=model.dropout_rate)
 

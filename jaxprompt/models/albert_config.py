@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from jaxprompt.models import layer_scan
+
 from jaxprompt.models.bert_config import HF_ACTIVATIONS, ACTIVATIONS, REMAT_POLICIES
 
 
@@ -31,7 +33,7 @@ class AlbertConfig:
   # How it runs, not what it is:
   dtype: str = "bfloat16"  # compute dtype of matmuls and activations
   param_dtype: str = "float32"  # dtype params are created in (loaders may cast, e.g. to bf16)
-  scan_layers: bool = True  # nn.scan over each group's repeats: one compiled group, fast compiles
+  scan_layers: bool | str = True  # nn.scan over each group's repeats; False: unrolled; "auto": by size (layer_scan)
   remat_policy: str = "none"  # one of REMAT_POLICIES: what the backward pass may keep
 
   def __post_init__(self):
@@ -46,6 +48,14 @@ class AlbertConfig:
       raise ValueError(f"AlbertConfig.activation={self.activation!r} is not one of {ACTIVATIONS}")
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"AlbertConfig.remat_policy={self.remat_policy!r} is not one of {REMAT_POLICIES}")
+    # A frozen dataclass: the resolved choice replaces "auto" once, so the layout is always a bool.
+    object.__setattr__(self, "scan_layers", layer_scan.resolve(self.scan_layers, self.stack_weights, "AlbertConfig"))
+
+  @property
+  def stack_weights(self) -> int:
+    """Weights the layer applications run through (shared weights counted at each application,
+    as the scan's cost is per application)."""
+    return self.num_attention_layers * (4 * self.hidden_size**2 + 2 * self.hidden_size * self.intermediate_size)
 
   @property
   def position_offset(self) -> int:

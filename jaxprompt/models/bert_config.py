@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from jaxprompt.models import layer_scan
+
 # HF `hidden_act` (transformers.activations.ACT2FN) -> layers.activation name. HF's "gelu" is the
 # exact erf GELU; "gelu_new" and "gelu_pytorch_tanh" are both the tanh approximation.
 HF_ACTIVATIONS = {
@@ -46,7 +48,7 @@ class BertConfig:
   # How it runs, not what it is:
   dtype: str = "bfloat16"  # compute dtype of matmuls and activations
   param_dtype: str = "float32"  # dtype params are created in (loaders may cast, e.g. to bf16)
-  scan_layers: bool = True  # nn.scan over the layer stack: one compiled layer, fast compiles
+  scan_layers: bool | str = True  # nn.scan over the layer stack; False: unrolled; "auto": by size (layer_scan)
   remat_policy: str = "none"  # one of REMAT_POLICIES: what the backward pass may keep
 
   def __post_init__(self):
@@ -57,6 +59,13 @@ class BertConfig:
         raise ValueError(f"BertConfig.{field}={getattr(self, field)!r} is not one of {ACTIVATIONS}")
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"BertConfig.remat_policy={self.remat_policy!r} is not one of {REMAT_POLICIES}")
+    # A frozen dataclass: the resolved choice replaces "auto" once, so the layout is always a bool.
+    object.__setattr__(self, "scan_layers", layer_scan.resolve(self.scan_layers, self.stack_weights, "BertConfig"))
+
+  @property
+  def stack_weights(self) -> int:
+    """Weights in the layer stack (attention and feed-forward kernels; no embeddings or norms)."""
+    return self.num_layers * (4 * self.hidden_size**2 + 2 * self.hidden_size * self.intermediate_size)
 
   @property
   def head_dim(self) -> int:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from jaxprompt.models import layer_scan
+
 from jaxprompt.models.t5_config import REMAT_POLICIES
 
 SUPPORTED_MODEL_TYPES = ("llama",)
@@ -33,7 +35,7 @@ class LlamaConfig:
   # How it runs:
   dtype: str = "bfloat16"
   param_dtype: str = "float32"
-  scan_layers: bool = True
+  scan_layers: bool | str = True  # nn.scan over the layers; False: unrolled; "auto": by size (layer_scan)
   remat_policy: str = "none"
   dropout_rate: float = 0.0  # unused by Llama checkpoints; kept for the shared run interface
 
@@ -42,6 +44,14 @@ class LlamaConfig:
       raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"LlamaConfig.remat_policy={self.remat_policy!r} is not one of {REMAT_POLICIES}")
+    # A frozen dataclass: the resolved choice replaces "auto" once, so the layout is always a bool.
+    object.__setattr__(self, "scan_layers", layer_scan.resolve(self.scan_layers, self.stack_weights, "LlamaConfig"))
+
+  @property
+  def stack_weights(self) -> int:
+    """Weights in the layer stack (attention and SwiGLU kernels; no embeddings or norms)."""
+    attention = self.hidden_size * self.head_dim * (2 * self.num_heads + 2 * self.num_kv_heads)
+    return self.num_layers * (attention + 3 * self.hidden_size * self.intermediate_size)
 
   def replace(self, **changes: Any) -> LlamaConfig:
     return dataclasses.replace(self, **changes)

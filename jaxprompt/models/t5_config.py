@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from jaxprompt.models import layer_scan
+
 # (d_model, d_kv, d_ff, num_heads, num_layers) of each published size.
 _V1_1_SIZES = {
     "tiny": (16, 4, 32, 4, 2),  # for tests: real vocabulary, toy width
@@ -58,7 +60,7 @@ class T5Config:
   # How it runs, not what it is:
   dtype: str = "bfloat16"  # compute dtype of matmuls and activations
   param_dtype: str = "float32"  # dtype params are created in (loaders may cast, e.g. to bf16)
-  scan_layers: bool = True  # nn.scan over each layer stack: one compiled layer, fast compiles
+  scan_layers: bool | str = True  # nn.scan over each layer stack; False: unrolled; "auto": by size (layer_scan)
   remat_policy: str = "none"  # one of REMAT_POLICIES: what the backward pass may keep
 
   def __post_init__(self):
@@ -71,6 +73,15 @@ class T5Config:
       raise ValueError(
           f"T5Config.remat_policy={self.remat_policy!r} is not one of {REMAT_POLICIES}"
       )
+    # A frozen dataclass: the resolved choice replaces "auto" once, so the layout is always a bool.
+    object.__setattr__(self, "scan_layers", layer_scan.resolve(self.scan_layers, self.stack_weights, "T5Config"))
+
+  @property
+  def stack_weights(self) -> int:
+    """Weights in the layer stacks (attention and feed-forward kernels; no embeddings or norms)."""
+    attention = 4 * self.d_model * self.num_heads * self.d_kv
+    feed_forward = self.d_model * self.d_ff * (3 if self.is_gated else 2)
+    return self.num_encoder_layers * (attention + feed_forward) + self.num_decoder_layers * (2 * attention + feed_forward)
 
   @property
   def is_gated(self) -> bool:

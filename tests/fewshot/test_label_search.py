@@ -85,6 +85,7 @@ def _experiment(folder, task: str, header: str, rows: list[str], backbone=tiny_m
   """configs/cloze.py's LM-BFF recipe for `task`, shrunk (`backbone`: a tiny random MLM), training on `rows`."""
   (folder / "train.tsv").write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
   config = small(backbone(cloze_config.get_config(f"recipe=lm_bff,task={task},data=tfds")))
+  config.model.scan_layers = True  # the rigs set each weight of every layer at once, as one stacked array
   for source in (config.data.train, config.data.eval):
     source.update(kind="tsv", files=(str(folder / "train.tsv"),), tfds_name="", split="")
   exp = experiment.build(config)
