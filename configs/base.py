@@ -46,7 +46,7 @@ def base_config() -> ml_collections.ConfigDict:
       dtype="bfloat16",  # compute dtype of the backbone
       param_dtype="bfloat16",  # frozen weights are stored in this dtype
       # True: nn.scan over the layers (compile time independent of depth); False: unrolled (faster
-      # steps at small sizes); auto: unrolled below 1B weights in the layers, scanned from there
+      # steps at small sizes); auto: unrolled below 0.5B weights in the layers, scanned from there
       # (jaxprompt/models/layer_scan.py). Either Python type may be assigned: True/False or "auto".
       scan_layers=config_dict.FieldReference(layer_scan.AUTO, field_type=object),
       remat_policy="none",  # none | full | dots | dots_no_batch | qkv_out: trade compute for memory

@@ -4,7 +4,7 @@
 expression searched in each weight's '/'-joined path, e.g. "bias$" (BitFit: biases only),
 "mlm_head/" (the LM head), "encoder/layers_(22|23)/" (the top two layers; with
 `model.scan_layers` resolved to True, every layer is one stacked array, so per-layer patterns
-need the layers unrolled: "auto" unrolls below 1B layer weights).
+need the layers unrolled: "auto" unrolls below 0.5B layer weights).
 
 The chosen weights move out of the frozen pytree when the run is built: the step differentiates
 w.r.t. them (and the prompt) only, never by masking gradients of the whole model. They train as

@@ -20,7 +20,7 @@ MESH = {"data": 2, "fsdp": 4, "tensor": 1}
 
 
 def test_the_plan_counts_the_sharded_weights_and_shrinks_with_remat():
-  # Scanned, as the pod-size runs the planner is for are ("auto" scans from 1B layer weights).
+  # Scanned, as the pod-size runs the planner is for are ("auto" scans from 0.5B layer weights).
   config = tiny_config(**{"data.max_input_len": 64, "batch_size": 16, "model.scan_layers": True})
   plain = plan(config, MESH)
   params = jax.tree.leaves(abstract_t5_params(T5Config.preset("tiny", param_dtype="float32")))

@@ -3,19 +3,21 @@
 Scanned (nn.scan, the weights stacked on a 'layers' axis) compiles one layer whatever the depth;
 unrolled compiles every layer but skips the scan's bookkeeping (per-iteration weight slices,
 stacked saved activations). Measured in BENCHMARKS.md ("Scanned or unrolled layers, picked by
-size"): at CPU sizes unrolled runs the prompt step 5-10% faster and still compiles in seconds (T5
-v1.1-small to -large, SmolLM2-135M's 30 layers); at XL / XXL / 7B sizes the matmuls dominate, the
-scan's overhead is noise, and the scan keeps the compile short on a pod slice, where the
-memory plans were made with it. The layout of the weights follows the choice: the loaders, the
-HF export and the trainable-weight patterns read the resolved value.
+size", bench/layer_scan_choice.py and bench/smollm_prompt_step.py): unrolled runs the CPU prompt
+step 6-12% faster for T5 v1.1-small and -base and 2-11% for SmolLM2-135M's 30 layers, compiling in
+about the same time; at T5-large (0.7B layer weights) the matmuls dominate, unrolled is no faster
+(1.00x) and compiles 3x longer (20 s against 6), and at XL / XXL / 7B sizes the scan also keeps the
+compile short on a pod slice, where the memory plans were made with it. The layout of the weights
+follows the choice: the loaders, the HF export and the trainable-weight patterns read the resolved
+value.
 """
 
 from __future__ import annotations
 
 AUTO = "auto"
-# Weights in the layer stacks from which "auto" scans: T5 v1.1-large (0.7B) and smaller, BERT and
-# the small decoders unroll; T5-XL (2.8B), T5-XXL and 7B decoders scan.
-SCAN_FROM_STACK_WEIGHTS = 1_000_000_000
+# Weights in the layer stacks from which "auto" scans: T5 v1.1-base (0.2B), BERT-large (0.3B) and
+# SmolLM2-135M unroll; T5-large (0.7B), -XL, -XXL and 7B decoders scan.
+SCAN_FROM_STACK_WEIGHTS = 500_000_000
 
 
 def resolve(scan_layers: bool | str, stack_weights: int, where: str) -> bool:

@@ -19,8 +19,8 @@ from tests.models import t5_reference
 from tests.run_configs import tiny_config
 
 
-@pytest.mark.parametrize("size,scanned", [("small", False), ("base", False), ("large", False), ("xl", True), ("xxl", True)])
-def test_auto_unrolls_t5_up_to_large_and_scans_from_xl(size, scanned):
+@pytest.mark.parametrize("size,scanned", [("small", False), ("base", False), ("large", True), ("xl", True), ("xxl", True)])
+def test_auto_unrolls_t5_up_to_base_and_scans_from_large(size, scanned):
   assert T5Config.preset(size, scan_layers="auto").scan_layers is scanned
 
 
