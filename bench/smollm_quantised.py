@@ -11,9 +11,13 @@ its wall time and peak resident memory (wait4's ru_maxrss) recorded. "none" is t
 the file dequantised to float32.
 Accuracy: the best checkpoint on the whole dev set (config.data.max_eval_examples=0). Step time:
 in one process, every variant's jitted train step on the same batches, the variants taking turns
-for --rounds rounds (median seconds per step, and each one's ratio to float32's). Frozen weights:
+for --rounds rounds (median seconds per step, and each one's ratio to float32's), with the PyTorch
+equivalent taking its turn too: PEFT PromptTuning on transformers' Llama from the same GGUF
+(bench/smollm_prompt_step.py's step; transformers dequantises a GGUF to float32, so it is the
+reference for every variant), reported as PEFT's time over each variant's. Frozen weights:
 the bytes of the loaded tree; loading peak: the peak resident memory of a process that only loads
-the backbone. Results: a markdown table on stdout and --out/results.json.
+the backbone. Results: a markdown table on stdout and --out/results.json. --step_times_only
+measures the step times alone (no training, accuracy or memory), for a quick ratio.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
+from bench.smollm_prompt_step import peft_step
 from bench.t5_forward_backward import machine
 from configs import smollm_sst2_prompt
 from jaxprompt import experiment, sharding
@@ -43,6 +48,7 @@ _OUT = flags.DEFINE_string("out", "/tmp/smollm-quantised", "Where the runs and t
 _VARIANTS = flags.DEFINE_list("variants", ["none", "int8", "nf4", "gguf"], "config.model.quantization values.")
 _ROUNDS = flags.DEFINE_integer("rounds", 10, "Timed steps of each variant (taking turns).")
 _STEPS = flags.DEFINE_integer("num_steps", 0, "Training steps (0: the demo's 150); fewer for a quick try.")
+_STEP_TIMES_ONLY = flags.DEFINE_bool("step_times_only", False, "Only the step times (and PEFT's), no runs.")
 _LOAD_ONLY = flags.DEFINE_string("load_only", "", "Internal: load the backbone with this quantization and exit.")
 
 _CONFIG = "configs/smollm_sst2_prompt.py:data=local"
@@ -90,7 +96,8 @@ def _train(quantization: str, workdir: Path) -> dict:
 
 
 def _step_times(variants: list[str]) -> dict[str, float]:
-  """Median seconds per train step of each variant, on the same batches, taking turns."""
+  """Median seconds per train step of each variant and of PEFT (key "peft"), on the same batches,
+  taking turns."""
   mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
   runs = {}
   for q in variants:
@@ -108,7 +115,8 @@ def _step_times(variants: list[str]) -> dict[str, float]:
     pad = width - b["inputs"].shape[1]
     b["inputs"] = np.pad(b["inputs"], ((0, 0), (pad, 0)))
     b["input_mask"] = np.pad(b["input_mask"], ((0, 0), (pad, 0)))
-  times = {q: [] for q in variants}
+  _, peft, _ = peft_step(Path(_GGUF.value), config, batches)  # takes the same batches in the same order
+  times = {q: [] for q in [*variants, "peft"]}
   for i, batch in enumerate(batches):
     for q, run in runs.items():
       start = time.perf_counter()
@@ -116,6 +124,10 @@ def _step_times(variants: list[str]) -> dict[str, float]:
       jax.block_until_ready(metrics)
       if i:  # the first round compiles
         times[q].append(time.perf_counter() - start)
+    start = time.perf_counter()
+    peft()
+    if i:
+      times["peft"].append(time.perf_counter() - start)
   return {q: statistics.median(t) for q, t in times.items()}
 
 
@@ -135,6 +147,14 @@ def main(argv):
     return
   out = Path(_OUT.value)
   variants = _VARIANTS.value
+  if _STEP_TIMES_ONLY.value:
+    seconds = _step_times(variants)
+    print(f"{datetime.date.today().isoformat()}, {machine()}, jax {jax.__version__}\n")
+    print("| frozen weights | step time | vs float32 | PEFT (float32) ÷ ours |\n|---|---|---|---|")
+    for q in variants:
+      print(f"| {q} | {seconds[q]:.3f} s | {seconds[q] / seconds[variants[0]]:.2f}× | {seconds['peft'] / seconds[q]:.2f}× |")
+    print(f"| PEFT + transformers, float32 | {seconds['peft']:.3f} s | | |")
+    return
   rows = {}
   for q in variants:
     row_file = out / q / "row.json"  # a variant measured before is not measured again
@@ -148,17 +168,21 @@ def main(argv):
     rows[q]["frozen_weights_gib"] = _frozen_gib(q)
     rows[q]["load_peak_rss_gib"] = _load_peak_rss_gib(q, out / q)
     row_file.write_text(json.dumps(rows[q]) + "\n")
-  for q, seconds in _step_times(variants).items():
-    rows[q]["step_seconds"] = seconds
-  results = {"date": datetime.date.today().isoformat(), "machine": machine(), "jax": jax.__version__, "rows": rows}
+  seconds = _step_times(variants)
+  for q in variants:
+    rows[q]["step_seconds"] = seconds[q]
+    rows[q]["peft_over_ours"] = seconds["peft"] / seconds[q]
+  results = {"date": datetime.date.today().isoformat(), "machine": machine(), "jax": jax.__version__, "rows": rows,
+             "peft_float32_step_seconds": seconds["peft"]}
   (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
   base = rows[variants[0]]["step_seconds"]
   print(f"{results['date']}, {results['machine']}, jax {results['jax']}\n")
-  print("| frozen weights | dev accuracy (872) | step time | vs float32 | frozen weights in memory | loading peak RSS |"
-        " training peak RSS | training wall time |")
-  print("|---|---|---|---|---|---|---|---|")
+  print("| frozen weights | dev accuracy (872) | step time | vs float32 | PEFT (float32) ÷ ours | frozen weights in memory |"
+        " loading peak RSS | training peak RSS | training wall time |")
+  print("|---|---|---|---|---|---|---|---|---|")
   for q, row in rows.items():
     print(f"| {q} | {row['dev_accuracy']:.3f} | {row['step_seconds']:.3f} s | {row['step_seconds'] / base:.2f}× |"
+          f" {row['peft_over_ours']:.2f}× |"
           f" {row['frozen_weights_gib'] * 1024:.0f} MiB | {row['load_peak_rss_gib']:.2f} GiB |"
           f" {row['train_peak_rss_gib']:.2f} GiB | {row['train_seconds'] / 60:.1f} min |")
 
