@@ -26,6 +26,7 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 from orbax.checkpoint import checkpoint_managers
 
+from jaxprompt.models import layer_scan
 from jaxprompt.models.quantized import QuantizedKernel
 from jaxprompt.steps import TrainState
 from jaxprompt.trainable import describe
@@ -33,15 +34,6 @@ from jaxprompt.trainable import describe
 
 class CheckpointMismatchError(ValueError):
   """A checkpoint that belongs to another backbone, method or prompt shape."""
-
-
-# The path segment of a scanned layer stack (models/layers.layer_stack's name); unrolled, its layers
-# are `layers_0`, `layers_1`, ...
-_SCANNED = "layers"
-
-
-def _unrolled_name(path: str, layer: int) -> str:
-  return "/".join(f"{_SCANNED}_{layer}" if part == _SCANNED else part for part in path.split("/"))
 
 
 def backbone_fingerprint(model_config: Any, frozen: Any) -> dict[str, Any]:
@@ -55,14 +47,14 @@ def backbone_fingerprint(model_config: Any, frozen: Any) -> dict[str, Any]:
     axes = tuple(range(1, v.ndim)) if stacked else None
     return jnp.stack([jnp.sum(v, axes, dtype=jnp.float32), jnp.sum(jnp.abs(v), axes, dtype=jnp.float32)], -1)
 
-  sums = jax.jit(lambda t: {k: sums_of(v, _SCANNED in k.split("/")) for k, v in t.items()})(flat)
+  sums = jax.jit(lambda t: {k: sums_of(v, layer_scan.is_scanned_path(k)) for k, v in t.items()})(flat)
   per_tensor = {}
   for name, pairs in sums.items():
     pairs = np.asarray(pairs)
     if pairs.ndim == 1:
       per_tensor[name] = pairs
     else:  # named as the unrolled layout names each layer, so prompts move between the layouts
-      per_tensor.update({_unrolled_name(name, i): pair for i, pair in enumerate(pairs)})
+      per_tensor.update({layer_scan.unrolled_path(name, i): pair for i, pair in enumerate(pairs)})
   return {
       "config": {k: v for k, v in vars(model_config).items() if k not in ("dtype", "scan_layers", "remat_policy", "dropout_rate", "param_dtype")},
       "tensor_sums": {k: [float(x) for x in v] for k, v in sorted(per_tensor.items())},
@@ -81,7 +73,7 @@ def check_compatible(saved: dict[str, Any], current: dict[str, Any], where: str)
   if saved_trainable != current_trainable:
     problems.append(f"trainable backbone weights: checkpoint {describe(tuple(saved_trainable))}, this run"
                     f" {describe(tuple(current_trainable))}")
-    scanned = lambda paths: any(_SCANNED in path.split("/") for path in paths)
+    scanned = lambda paths: any(map(layer_scan.is_scanned_path, paths))
     if scanned(saved_trainable) != scanned(current_trainable):
       problems.append(f"layer layout: the checkpoint's trained weights are {'scanned' if scanned(saved_trainable) else 'unrolled'};"
                       f" set config.model.scan_layers={scanned(saved_trainable)} to resume it")

@@ -22,8 +22,8 @@ from jax.sharding import Mesh
 
 from jaxprompt import objectives
 from jaxprompt import sharding as sharding_lib
-from jaxprompt.models import layer_scan
 from jaxprompt.flops import StepFlops
+from jaxprompt.models import layer_scan
 from jaxprompt.prompts.prefix_tuning import AttentionShape
 from jaxprompt.tasks.codec import TextCodec
 from jaxprompt.weights import quantize
@@ -34,9 +34,7 @@ HEAD_OBJECTIVES = ("classify", "tag")
 
 def run_fields(model: ml_collections.ConfigDict) -> dict[str, Any]:
   """How the backbone runs (not what it is): the config.model keys every family's config takes."""
-  if not (isinstance(model.scan_layers, bool) or model.scan_layers == layer_scan.AUTO):
-    raise ValueError(f"config.model.scan_layers={model.scan_layers!r}: use True (scanned), False (unrolled) or"
-                     f" {layer_scan.AUTO!r} (by model size)")
+  layer_scan.check(model.scan_layers, "config.model")
   return dict(dtype=model.dtype, scan_layers=model.scan_layers, remat_policy=model.remat_policy,
               dropout_rate=model.dropout_rate)
 

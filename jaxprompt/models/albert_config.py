@@ -6,7 +6,6 @@ import dataclasses
 from typing import Any
 
 from jaxprompt.models import layer_scan
-
 from jaxprompt.models.bert_config import HF_ACTIVATIONS, ACTIVATIONS, REMAT_POLICIES
 
 

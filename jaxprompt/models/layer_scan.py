@@ -20,10 +20,32 @@ AUTO = "auto"
 SCAN_FROM_STACK_WEIGHTS = 500_000_000
 
 
+# The module name every family gives its layer stack (models/layers.layer_stack): scanned, one path
+# segment `layers` holds the stacked weights; unrolled, the layers are `layers_0`, `layers_1`, ...
+STACK_NAME = "layers"
+
+
+def check(scan_layers: bool | str, where: str) -> None:
+  """Raises, naming `where` (a config class or config key), unless the value is a bool or AUTO."""
+  if not (isinstance(scan_layers, bool) or scan_layers == AUTO):
+    raise ValueError(f"{where}.scan_layers={scan_layers!r}: use True (scanned), False (unrolled) or {AUTO!r} (by model size)")
+
+
 def resolve(scan_layers: bool | str, stack_weights: int, where: str) -> bool:
   """True (scan) or False (unrolled) for a config's `scan_layers`, given its layer stacks' weights."""
-  if isinstance(scan_layers, bool):
-    return scan_layers
-  if scan_layers == AUTO:
-    return stack_weights >= SCAN_FROM_STACK_WEIGHTS
-  raise ValueError(f"{where}.scan_layers={scan_layers!r}: use True (scanned), False (unrolled) or {AUTO!r} (by model size)")
+  check(scan_layers, where)
+  return scan_layers if isinstance(scan_layers, bool) else stack_weights >= SCAN_FROM_STACK_WEIGHTS
+
+
+def unrolled_layer_name(stack: str, layer: int) -> str:
+  return f"{stack}_{layer}"
+
+
+def is_scanned_path(path: str) -> bool:
+  """Whether a '/'-joined param path lies in a scanned stack (its weights stacked on axis 0)."""
+  return STACK_NAME in path.split("/")
+
+
+def unrolled_path(path: str, layer: int) -> str:
+  """The path layer `layer` of a scanned stack's weight has when the stack is unrolled."""
+  return "/".join(unrolled_layer_name(part, layer) if part == STACK_NAME else part for part in path.split("/"))

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprompt.models import quantized
+from jaxprompt.models import layer_scan, quantized
 
 Initializer = Callable[..., jax.Array]
 # A large negative logit for masked keys. Finite, so that a fully masked row (a padded query)
@@ -213,7 +213,7 @@ def layer_stack(
     outputs = []
     for i in range(num_layers):
       layer_args = [None if a is None else jax.tree.map(lambda t: t[i], a) for a in per_layer]
-      x, out = layer_cls(name=f"{name}_{i}", **layer_kwargs)(x, *broadcast, *layer_args)
+      x, out = layer_cls(name=layer_scan.unrolled_layer_name(name, i), **layer_kwargs)(x, *broadcast, *layer_args)
       outputs.append(out)
     if outputs and outputs[0] is not None:
       return x, jax.tree.map(lambda *t: jnp.stack(t), *outputs)

@@ -6,7 +6,6 @@ import dataclasses
 from typing import Any
 
 from jaxprompt.models import layer_scan
-
 from jaxprompt.models.t5_config import REMAT_POLICIES
 
 SUPPORTED_MODEL_TYPES = ("llama",)
