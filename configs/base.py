@@ -183,7 +183,10 @@ def base_config() -> ml_collections.ConfigDict:
   # the step already compiled; a prompt longer than the bank's longest, or with new placements or
   # attention kinds, compiles a new one. `backbone_name`: the bank also serves the backbone without
   # a prompt under this name (a request's text as it is, in its "text" field); "": it does not.
-  config.serving = ml_collections.ConfigDict(dict(spare_rows=8, spare_labels=0, backbone_name=""))
+  # `batch_sizes`: the smaller row counts a batch may run at besides eval_batch_size (a lone request
+  # runs 1 row, not eval_batch_size); each is another compiled step per input bucket.
+  config.serving = ml_collections.ConfigDict(dict(spare_rows=8, spare_labels=0, backbone_name="",
+                                                  batch_sizes=(1, 8)))
 
   config.checkpoint_every = 1000  # steps between checkpoints (also at every eval)
   config.keep_checkpoints = 3  # the last N are kept, plus the best

@@ -23,7 +23,8 @@ _BANK = flags.DEFINE_string("bank", None, "The bank file (JSON): the backbone co
 _HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to listen on (0.0.0.0: every interface).")
 _PORT = flags.DEFINE_integer("port", 8000, "Port to listen on (0: any free one, logged).")
 _MAX_BATCH = flags.DEFINE_integer("max_batch", 32, "Most requests served in one batch (the step pads each to "
-                                  "the config's eval_batch_size; more make several).")
+                                  "the smallest of config.serving.batch_sizes and eval_batch_size that holds it; more"
+                                  " than eval_batch_size make several).")
 _MAX_WAIT_MS = flags.DEFINE_float("max_wait_ms", 5.0, "Longest a batch's first request waits for others.")
 _MAX_QUEUE = flags.DEFINE_integer("max_queue", 1024, "Most requests waiting; more are refused with 429.")
 

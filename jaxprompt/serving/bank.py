@@ -10,7 +10,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import ml_collections
-from jax.sharding import PartitionSpec
+from jax.sharding import Mesh, PartitionSpec
 
 from jaxprompt import experiment
 from jaxprompt.serving.bank_prompt import BankPrompt, bank_prompt, bank_tables, table_axes
@@ -36,6 +36,12 @@ class PromptBank:
 
   def __post_init__(self):
     self._ids = {prompt.name: i for i, prompt in enumerate(self.prompts)}  # looked up once per request
+    self.batch_sizes = batch_sizes(self.exp.config, self.exp.mesh)
+
+  def batch_rows(self, requests: int) -> int:
+    """The rows a batch of `requests` (at most eval_batch_size) is padded to: the smallest of
+    `batch_sizes` that holds them."""
+    return next(size for size in self.batch_sizes if size >= requests)
 
   def prompt_id(self, name: str) -> int:
     if name not in self._ids:
@@ -55,6 +61,20 @@ class PromptBank:
     for name in names:
       self.prompt_id(name)  # an unknown name is an error, not a silent no-op
     return _assemble(self.exp, tuple(p for p in self.prompts if p.name not in set(names)), self)
+
+
+def batch_sizes(config: ml_collections.ConfigDict, mesh: Mesh) -> tuple[int, ...]:
+  """The row counts the bank's step runs at, ascending, the last config.eval_batch_size: each of
+  config.serving.batch_sizes rounded up to a multiple of the mesh's data x fsdp shards (a batch is
+  split over them) and capped at eval_batch_size. A batch is padded to the smallest that holds it,
+  so a lone request does not pay for eval_batch_size rows; each size is one more compiled step
+  per input bucket (the server compiles them all at start-up)."""
+  sizes = tuple(config.serving.batch_sizes)
+  if not all(isinstance(size, int) and size >= 1 for size in sizes):
+    raise ValueError(f"config.serving.batch_sizes={sizes!r} must be positive integers")
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  return tuple(sorted({min(-(-size // shards) * shards, config.eval_batch_size) for size in sizes}
+                      | {config.eval_batch_size}))
 
 
 def load_bank(config: ml_collections.ConfigDict, sources: Sequence[PromptSource]) -> PromptBank:

@@ -89,24 +89,26 @@ def step_outputs(bank: PromptBank, requests: Sequence[Request]) -> dict[str, np.
   feats = render(bank, requests)
   order = np.argsort([len(f.inputs) for f in feats], kind="stable")  # similar lengths pad to small buckets
   columns_N = _request_columns(bank, requests, order)
-  size = config.eval_batch_size
-  batches = pipeline.eval_batches([feats[i] for i in order], size, config.data.max_input_len,
-                                  config.data.max_target_len, tuple(config.data.bucket_lengths),
-                                  jax.process_index(), jax.process_count(), bank.exp.backbone.codec.pad_inputs_left)
-  gathered: dict[str, list[np.ndarray]] = {}
+  size, gathered = config.eval_batch_size, {}
   with sharding_lib.activate(bank.exp.mesh, bank.exp.rules):
-    for start, local in zip(range(0, len(feats), size), batches, strict=True):
+    for start in range(0, len(feats), size):
+      chunk = order[start : start + size]
+      rows = bank.batch_rows(len(chunk))  # the last (or only) batch: as few padding rows as the bank's sizes allow
+      (local,) = pipeline.eval_batches([feats[i] for i in chunk], rows, config.data.max_input_len,
+                                       config.data.max_target_len, tuple(config.data.bucket_lengths),
+                                       jax.process_index(), jax.process_count(), bank.exp.backbone.codec.pad_inputs_left)
       for key, (column_N, filler) in columns_N.items():  # padding rows: any prompt, greedy
-        rows = np.full(size, filler, column_N.dtype)
-        rows[: len(column_N[start : start + size])] = column_N[start : start + size]
-        local[key] = _local_rows(rows)
+        column = np.full(rows, filler, column_N.dtype)
+        column[: len(chunk)] = column_N[start : start + size]
+        local[key] = _local_rows(column)
       batch = pipeline.to_global(local, bank.exp.batch_sharding)
       out = bank.eval_step(bank.tables, bank.exp.frozen, batch, bank.labels.targets_CxT, bank.labels.target_mask_CxT)
       for name, value in out.items():
-        gathered.setdefault(name, []).append(np.asarray(multihost_utils.process_allgather(value, tiled=True)))
+        rows_out = np.asarray(multihost_utils.process_allgather(value, tiled=True))
+        gathered.setdefault(name, []).append(rows_out[: len(chunk)])
   outputs = {}
   for name, parts in gathered.items():  # every output is per example ([B] or [B, C]): no column depends on L
-    rows = np.concatenate(parts)[: len(feats)]
+    rows = np.concatenate(parts)
     outputs[name] = np.empty_like(rows)
     outputs[name][order] = rows
   return outputs

@@ -1,6 +1,7 @@
-"""Compiling the bank's step for every input bucket before the server takes requests, so that no
-client's request waits for XLA: the step's shapes are fixed by the batch size and the bucket, so
-one batch per bucket (a filler request for each prompt whose template reaches it) compiles them all.
+"""Compiling the bank's step for every input bucket and batch size before the server takes requests,
+so that no client's request waits for XLA: the step's shapes are fixed by the batch's rows (one of
+the bank's batch_sizes) and the bucket, so one batch of each size per bucket (filler requests, one
+for each prompt whose template reaches it, repeated to fill the rows) compiles them all.
 
 Shapes a task's examples choose themselves (a cloze mask block, COPA's choices) are compiled as the
 bank's prompts all together give them; a batch holding only some of those prompts may still compile.
@@ -9,6 +10,7 @@ bank's prompts all together give them; a batch holding only some of those prompt
 from __future__ import annotations
 
 import bisect
+import itertools
 import logging
 import time
 from typing import Any
@@ -25,7 +27,7 @@ _MAX_WORDS = 4096  # far past any bucket: the search below stops at the longest 
 
 
 def warm_up(bank: PromptBank) -> float:
-  """Serves one batch per input bucket; the seconds it took (logged)."""
+  """Serves one batch of each batch size per input bucket; the seconds it took (logged)."""
   start = time.perf_counter()
   data = bank.exp.config.data
   buckets = tuple(data.bucket_lengths) or (data.max_input_len,)
@@ -37,11 +39,11 @@ def warm_up(bank: PromptBank) -> float:
       if filler is not None and buckets[bisect.bisect_left(buckets, filler[1])] == bucket:
         by_bucket.setdefault(bucket, []).append(filler[0])
   for bucket in buckets:
-    if bucket in by_bucket:
-      serve(bank, by_bucket[bucket])
+    for rows in bank.batch_sizes if bucket in by_bucket else ():
+      serve(bank, list(itertools.islice(itertools.cycle(by_bucket[bucket]), rows)))
   seconds = time.perf_counter() - start
-  log.info("warmed up the step for input buckets %s (prompts reaching each: %s) in %.1f s", sorted(by_bucket),
-           {b: len(r) for b, r in sorted(by_bucket.items())}, seconds)
+  log.info("warmed up the step for input buckets %s (prompts reaching each: %s) x batch sizes %s in %.1f s",
+           sorted(by_bucket), {b: len(r) for b, r in sorted(by_bucket.items())}, bank.batch_sizes, seconds)
   return seconds
 
 
