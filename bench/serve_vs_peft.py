@@ -49,21 +49,24 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.smollm_prompt_step import demo_config  # noqa: E402
 from bench.t5_forward_backward import machine  # noqa: E402
 from jaxprompt import experiment, peft_adapters  # noqa: E402
 from jaxprompt.checkpoint import export_prompt  # noqa: E402
 from jaxprompt.serving.bank import PromptBank, load_bank  # noqa: E402
+from jaxprompt.serving.bank_file import config_with_overrides  # noqa: E402
 from jaxprompt.serving.loading import PromptSource  # noqa: E402
 from jaxprompt.serving.requests import Request, Response, render, serve  # noqa: E402
 from jaxprompt.tasks import readers  # noqa: E402
 from jaxprompt.tasks.templates import Template  # noqa: E402
 
+DEMO_CONFIG = f"{Path(__file__).resolve().parents[1]}/configs/smollm_sst2_prompt.py:data=local"
 
-def prompt_config(gguf: str, length: int):
-  config = demo_config(gguf, scan_layers="auto")
-  config.prompt.length = length
-  return config
+
+def prompt_config(gguf: str, length: int, serving: dict | None = None):
+  """The demo's config (configs/smollm_sst2_prompt.py, local data) on `gguf` at `length` soft tokens;
+  `serving`: more dotted-key overrides (the bank's settings)."""
+  return config_with_overrides(DEMO_CONFIG, {"model.checkpoint": gguf, "mesh.data": 1, "prompt.length": length,
+                                             **(serving or {})}, "bench/serve_vs_peft.py")
 
 
 def make_bank(gguf: str, lengths: list[int], folder: Path, serving: dict) -> tuple[PromptBank, dict[str, Path]]:
@@ -78,14 +81,7 @@ def make_bank(gguf: str, lengths: list[int], folder: Path, serving: dict) -> tup
     sources.append(PromptSource(name, exp.config, str(export_prompt(folder, name, exp.method.export(params)))))
     adapters[name] = folder / "peft" / name
     peft_adapters.export_adapter(exp.method, params, exp.backbone, adapters[name])
-  config = prompt_config(gguf, lengths[0])
-  for key, value in serving.items():
-    *sections, name = key.split(".")
-    node = config
-    for section in sections:
-      node = node[section]
-    node[name] = value
-  return load_bank(config, sources), adapters
+  return load_bank(prompt_config(gguf, lengths[0], serving), sources), adapters
 
 
 def sst2_requests(bank: PromptBank, records: int) -> list[Request]:
@@ -141,13 +137,12 @@ class PeftServer:
         self.model.set_adapter(name)
         spec = self.specs[name]
         template = Template(spec.template)  # our rendering (fields trimmed): both sides read the same text
-        texts = {i: template.render(requests[i].fields, f"request {i}") for i in members}
-        lengths = {i: len(self.tokenizer.encode(texts[i], add_special_tokens=False)) for i in members}
-        members = sorted(members, key=lambda i: lengths[i])
+        texts = [template.render(requests[i].fields, f"request {i}") for i in members]
+        ids = dict(zip(members, self.tokenizer(texts, add_special_tokens=False)["input_ids"], strict=True))
+        members = sorted(members, key=lambda i: len(ids[i]))
         for start in range(0, len(members), self.batch_size):
           batch = members[start : start + self.batch_size]
-          encoded = self.tokenizer([texts[i] for i in batch], return_tensors="pt", padding=True,
-                                   add_special_tokens=False)
+          encoded = self.tokenizer.pad({"input_ids": [ids[i] for i in batch]}, return_tensors="pt")
           settings = dict(max_new_tokens=self.new_tokens, do_sample=False, output_logits=True,
                           return_dict_in_generate=True, pad_token_id=self.tokenizer.pad_token_id)
           if peft_generate:

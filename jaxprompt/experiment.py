@@ -289,7 +289,7 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Experi
 
 
 def _check_batches(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
-  shards = mesh.shape["data"] * mesh.shape["fsdp"]  # the batch is split over these
+  shards = sharding_lib.batch_shards(mesh)
   for key in ("batch_size", "eval_batch_size"):
     if config[key] % shards:
       raise ValueError(f"config.{key}={config[key]} does not split over the mesh's {shards} data x fsdp shards")

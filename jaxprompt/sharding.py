@@ -97,6 +97,11 @@ def abstract_with_shardings(boxed_tree: Any, mesh: Mesh, rules: Rules = DEFAULT_
   )
 
 
+def batch_shards(mesh: Mesh) -> int:
+  """How many ways a batch is split: the mesh's data x fsdp axes (DEFAULT_RULES' "batch")."""
+  return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 

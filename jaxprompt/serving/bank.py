@@ -13,6 +13,7 @@ import ml_collections
 from jax.sharding import Mesh, PartitionSpec
 
 from jaxprompt import experiment
+from jaxprompt import sharding as sharding_lib
 from jaxprompt.serving.bank_prompt import BankPrompt, bank_prompt, bank_tables, table_axes
 from jaxprompt.serving.label_space import LabelSpace, label_space
 from jaxprompt.serving.loading import LoadedPrompt, PromptSource, load_prompt
@@ -72,7 +73,7 @@ def batch_sizes(config: ml_collections.ConfigDict, mesh: Mesh) -> tuple[int, ...
   sizes = tuple(config.serving.batch_sizes)
   if not all(isinstance(size, int) and size >= 1 for size in sizes):
     raise ValueError(f"config.serving.batch_sizes={sizes!r} must be positive integers")
-  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  shards = sharding_lib.batch_shards(mesh)
   return tuple(sorted({min(-(-size // shards) * shards, config.eval_batch_size) for size in sizes}
                       | {config.eval_batch_size}))
 
