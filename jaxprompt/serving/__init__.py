@@ -4,6 +4,7 @@
     loading.py      one prompt from its run (workdir, checkpoint or export), checked against the backbone
     parts.py        a prompt in its batch-independent form (reparameterisations collapsed)
     bank_prompt.py  the prompts' device tables as one prompt method, gathered by batch["prompt_id"]
+    soft_slots.py   each request's soft tokens as slots of its own input, so a row is its own prompt's length
     label_space.py  the union of the prompts' label sets the step scores, and each prompt's columns
     requests.py     requests -> rendered, length-bucketed mixed batches -> labels, scores, generations
     ensemble.py     prompt ensembling in one pass: each example once per member prompt, votes or mean scores

@@ -18,6 +18,7 @@ from jaxprompt.serving.bank_prompt import BankPrompt, bank_prompt, bank_tables, 
 from jaxprompt.serving.label_space import LabelSpace, label_space
 from jaxprompt.serving.loading import LoadedPrompt, PromptSource, load_prompt
 from jaxprompt.serving.parts import PromptParts
+from jaxprompt.serving.soft_slots import added_slots
 from jaxprompt.tasks.task_spec import TaskSpec
 
 BARE_FIELD = "text"  # the one field a request for the bare backbone gives
@@ -38,6 +39,10 @@ class PromptBank:
   def __post_init__(self):
     self._ids = {prompt.name: i for i, prompt in enumerate(self.prompts)}  # looked up once per request
     self.batch_sizes = batch_sizes(self.exp.config, self.exp.mesh)
+    # A row's inputs carry its prompt's inserted soft tokens (serving/soft_slots.py), so the config's
+    # input buckets widen by the longest of them: a row fits the bucket its input alone would take.
+    data, widest = self.exp.config.data, max(added_slots(prompt.parts) for prompt in self.prompts)
+    self.input_buckets = tuple(b + widest for b in (tuple(data.bucket_lengths) or (data.max_input_len,)))
 
   def batch_rows(self, requests: int) -> int:
     """The rows a batch of `requests` (at most eval_batch_size) is padded to: the smallest of

@@ -3,14 +3,16 @@ prompt `batch["prompt_id"][b]`, gathered inside the step.
 
 The tables stack every prompt's parts (serving/parts.py), padded to the table's capacity: soft
 tokens [R, Ps, D], keys and values [L, R, Pk, H, K] per attention kind, and all heads side by side
-[D, C]. Each prompt's lengths and placement are data too (int32 [R] tables), and validity masks
-come from them; masked slots take no position (models/prompt.py), so an example in a mixed batch
-sees exactly its own prompt: a prompt without soft tokens or without some prefix kind has them all
-masked. Heads are not gathered: every example gets every head's logits (a [D, C] matmul), and
-each request reads its own prompt's block.
+[D, C]. Soft tokens replace their slots in each example's own sequence (`batch["soft_positions"]`:
+P-tuning's template markers, or the placeholders serving/soft_slots.py puts where an inserted
+prompt goes), so a row is as long as its own prompt makes it. Each prefix's length is data (an
+int32 [R] table), and its validity mask comes from it; masked slots take no position
+(models/prompt.py), so an example in a mixed batch sees exactly its own prompt: a prompt without
+some prefix kind has it all masked. Heads are not gathered: every example gets every head's logits
+(a [D, C] matmul), and each request reads its own prompt's block.
 
-Only the capacities are static (rows R, the longest soft prompt and prefix, which placements and
-attention kinds occur, head columns), so a bank whose prompts still fit them is the same program:
+Only the capacities are static (rows R, the longest soft prompt and prefix, which attention kinds
+occur, head columns), so a bank whose prompts still fit them is the same program:
 prompts added or removed at runtime change table contents, not the compiled step. `bank_prompt`
 with `floor` (the serving bank's method) keeps its capacities and grows only what no longer fits.
 
@@ -29,10 +31,7 @@ import numpy as np
 
 from jaxprompt.models.prompt import KVPrefix, Prompt
 from jaxprompt.prompts.prefix_tuning import AttentionShape
-from jaxprompt.prompts.soft_prompt import insert_positions
 from jaxprompt.serving.parts import PromptParts
-
-INSERTED = ("prefix", "after_bos", "suffix")  # placements by insertion; "markers" replaces template tokens
 
 
 class BankPrompt(nn.Module):
@@ -40,7 +39,6 @@ class BankPrompt(nn.Module):
 
   rows: int
   soft_length: int  # the longest soft prompt the table holds (0: no soft tokens)
-  placements: tuple[str, ...]  # where soft tokens go: INSERTED ones by a per-prompt code, or ("markers",)
   embed_dim: int
   prefix_shapes: tuple[AttentionShape, ...]  # every attention kind some prompt has prefixes for
   prefix_length: tuple[int, ...]  # per kind, the longest prefix the table holds
@@ -50,12 +48,8 @@ class BankPrompt(nn.Module):
   @property
   def capacity(self) -> tuple:
     """What the compiled step depends on: equal capacities, one program."""
-    return (self.rows, self.soft_length, self.placements, self.embed_dim, self.prefix_shapes, self.prefix_length,
-            self.hidden_dim, self.head_columns)
-
-  @property
-  def markers(self) -> bool:
-    return "markers" in self.placements
+    return (self.rows, self.soft_length, self.embed_dim, self.prefix_shapes, self.prefix_length, self.hidden_dim,
+            self.head_columns)
 
   @property
   def objective(self) -> str:
@@ -66,8 +60,6 @@ class BankPrompt(nn.Module):
     r, int_rows = self.rows, lambda name: self.param(name, nn.initializers.zeros, (self.rows,), jnp.int32)
     if self.soft_length:
       self.soft_RxPxD = self.param("soft", nn.initializers.zeros, (r, self.soft_length, self.embed_dim))
-      self.soft_lengths_R = int_rows("soft_lengths")
-      self.placement_R = int_rows("placement")  # an index into self.placements
     prefixes = {}
     for s, length in zip(self.prefix_shapes, self.prefix_length, strict=True):
       size = (s.num_layers, r, length, s.num_heads, s.head_dim)
@@ -81,25 +73,14 @@ class BankPrompt(nn.Module):
   def __call__(self, batch: dict[str, jax.Array]) -> Prompt:
     ids_B = jnp.clip(batch["prompt_id"], 0, self.rows - 1)
     fields = {}
-    if self.soft_length:
+    if self.soft_length:  # soft token i replaces the slot marked i: each example's slots are its own prompt's
       fields["embeddings_BxPxD"] = jnp.take(self.soft_RxPxD, ids_B, axis=0)
-      if self.markers:  # soft token i replaces the [Pi] marker: each prompt's markers name its own slots
-        fields["replace_at_BxL"] = batch["soft_positions"]
-      else:
-        fields["embeddings_mask_BxP"] = _valid(self.soft_length, self.soft_lengths_R[ids_B])
-        fields["insert_at_B"] = self._insert_at(ids_B, batch["input_mask"])
+      fields["replace_at_BxL"] = batch["soft_positions"]
     for s in self.prefix_shapes:
       keys, values, lengths_R = self.prefixes_LxRxPxHxK[s.kind]
       fields[s.kind] = KVPrefix(jnp.take(keys, ids_B, axis=1), jnp.take(values, ids_B, axis=1),
                                 _valid(keys.shape[2], lengths_R[ids_B]))
     return Prompt(**fields)
-
-  def _insert_at(self, ids_B: jax.Array, mask_BxL: jax.Array) -> jax.Array | None:
-    """Where each example's soft tokens go: its prompt's placement (None: all before the first token)."""
-    if self.placements == ("prefix",):
-      return None
-    at_UxB = jnp.stack([insert_positions(p, mask_BxL) for p in self.placements])
-    return jnp.take_along_axis(at_UxB, self.placement_R[ids_B][None], axis=0)[0]
 
   def logits(self, features_BxD: jax.Array) -> jax.Array:
     """Every head's class logits [B, C] (float32) of pooled features, spare columns included."""
@@ -116,18 +97,11 @@ def bank_prompt(parts: Sequence[PromptParts], shapes: tuple[AttentionShape, ...]
                 spare_head_columns: int = 0) -> BankPrompt:
   """The BankPrompt for these prompts' parts (`shapes`: every attention kind the backbone has):
   capacities for them plus the spare rows and head columns, and at least `floor`'s."""
-  inserted = {part.placement for part in parts if part.soft_length and part.placement in INSERTED}
-  marked = any(part.soft_length and part.placement == "markers" for part in parts) or bool(floor and floor.markers)
-  if inserted and marked:
-    raise ValueError(f"P-tuning's pseudo tokens replace template markers and soft prompts placed by insertion"
-                     f" ({sorted(inserted)}) cannot share a bank: serve them from two banks")
   heads = sum(part.num_head_classes for part in parts)
   if (any(part.num_head_classes for part in parts) or bool(floor and floor.head_columns)) and not all(
       part.num_head_classes for part in parts):
     raise ValueError("prompts with a head (P-tuning v2, classifier) and prompts without cannot share a bank: their"
                      " steps score differently; serve them from two banks")
-  old = floor.placements if floor and floor.soft_length else ()
-  placements = ("markers",) if marked else old + tuple(p for p in INSERTED if p in inserted and p not in old)
   old_kinds = dict(zip((s.kind for s in floor.prefix_shapes), floor.prefix_length)) if floor else {}
   kinds = [s for s in shapes if s.kind in old_kinds or any(s.kind in part.prefixes for part in parts)]
   prefix_length = tuple(max([old_kinds.get(s.kind, 0)] + [part.prefixes[s.kind][0].shape[1] for part in parts
@@ -136,8 +110,7 @@ def bank_prompt(parts: Sequence[PromptParts], shapes: tuple[AttentionShape, ...]
   rows = grown(len(parts), floor.rows if floor else 0, spare_rows)
   columns = grown(heads, floor.head_columns if floor else 0, spare_head_columns)
   return BankPrompt(
-      rows=rows, soft_length=soft_length,
-      placements=placements if soft_length else (), embed_dim=embed_dim, prefix_shapes=tuple(kinds),
+      rows=rows, soft_length=soft_length, embed_dim=embed_dim, prefix_shapes=tuple(kinds),
       prefix_length=prefix_length, hidden_dim=hidden_dim,
       head_columns=columns if heads else 0)
 
@@ -160,7 +133,7 @@ def table_axes(name: str) -> tuple[str | None, ...]:
     return ("prompt_embed", None)
   if name == "head_bias":
     return (None,)
-  return ("prompt_rows",)  # each prompt's lengths and placement
+  return ("prompt_rows",)  # each prompt's prefix lengths
 
 
 def bank_tables(method: BankPrompt, parts: Sequence[PromptParts]) -> dict[str, np.ndarray]:
@@ -170,12 +143,10 @@ def bank_tables(method: BankPrompt, parts: Sequence[PromptParts]) -> dict[str, n
   r = method.rows
   if method.soft_length:
     soft = np.zeros((r, method.soft_length, method.embed_dim), np.float32)
-    lengths, placement = np.zeros(r, np.int32), np.zeros(r, np.int32)
     for i, part in enumerate(parts):
       if part.soft_length:
-        soft[i, : part.soft_length], lengths[i] = part.soft_PxD, part.soft_length
-        placement[i] = method.placements.index(part.placement)
-    tables.update(soft=soft, soft_lengths=lengths, placement=placement)
+        soft[i, : part.soft_length] = part.soft_PxD
+    tables.update(soft=soft)
   for s, length in zip(method.prefix_shapes, method.prefix_length, strict=True):
     keys = np.zeros((s.num_layers, r, length, s.num_heads, s.head_dim), np.float32)
     values, lengths = np.zeros_like(keys), np.zeros(r, np.int32)

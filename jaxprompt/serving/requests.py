@@ -1,5 +1,5 @@
-"""Serving requests from a bank: each rendered with its prompt's task, batched by input length
-across prompts, one jitted step per batch, and read back per request.
+"""Serving requests from a bank: each rendered with its prompt's task (and its soft tokens' slots),
+batched by input length across prompts, one jitted step per batch, and read back per request.
 
 A request names a prompt and gives a record's fields, as the prompt's task template (or cloze
 pattern) reads them, and how its text is generated: greedily (the default) or sampled with its
@@ -22,6 +22,7 @@ from jax.experimental import multihost_utils
 from jaxprompt import sharding as sharding_lib
 from jaxprompt.models import sampling as sampling_lib
 from jaxprompt.serving.bank import PromptBank
+from jaxprompt.serving.soft_slots import with_soft_slots
 from jaxprompt.tasks import features as features_lib
 from jaxprompt.tasks import pipeline
 from jaxprompt.tasks.records import Record
@@ -85,8 +86,9 @@ def render(bank: PromptBank, requests: Sequence[Request]) -> list[features_lib.F
 
 def step_outputs(bank: PromptBank, requests: Sequence[Request]) -> dict[str, np.ndarray]:
   """The eval step's per-example outputs for `requests`, in their order (shortest first in batches)."""
-  config = bank.exp.config
-  feats = render(bank, requests)
+  config, pad_id = bank.exp.config, bank.exp.backbone.codec.pad_id
+  feats = [with_soft_slots(feature, bank.prompts[bank.prompt_id(request.prompt)].parts, pad_id)
+           for feature, request in zip(render(bank, requests), requests, strict=True)]
   order = np.argsort([len(f.inputs) for f in feats], kind="stable")  # similar lengths pad to small buckets
   columns_N = _request_columns(bank, requests, order)
   size, gathered = config.eval_batch_size, {}
@@ -94,9 +96,9 @@ def step_outputs(bank: PromptBank, requests: Sequence[Request]) -> dict[str, np.
     for start in range(0, len(feats), size):
       chunk = order[start : start + size]
       rows = bank.batch_rows(len(chunk))  # the last (or only) batch: as few padding rows as the bank's sizes allow
-      (local,) = pipeline.eval_batches([feats[i] for i in chunk], rows, config.data.max_input_len,
-                                       config.data.max_target_len, tuple(config.data.bucket_lengths),
-                                       jax.process_index(), jax.process_count(), bank.exp.backbone.codec.pad_inputs_left)
+      (local,) = pipeline.eval_batches([feats[i] for i in chunk], rows, bank.input_buckets[-1],
+                                       config.data.max_target_len, bank.input_buckets, jax.process_index(),
+                                       jax.process_count(), bank.exp.backbone.codec.pad_inputs_left)
       for key, (column_N, filler) in columns_N.items():  # padding rows: any prompt, greedy
         column = np.full(rows, filler, column_N.dtype)
         column[: len(chunk)] = column_N[start : start + size]

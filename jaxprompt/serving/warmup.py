@@ -18,6 +18,7 @@ from typing import Any
 from jaxprompt.serving.bank import PromptBank
 from jaxprompt.serving.http_inputs import input_fields
 from jaxprompt.serving.requests import Request, serve
+from jaxprompt.serving.soft_slots import added_slots
 from jaxprompt.tasks import features as features_lib
 from jaxprompt.tasks.records import DataError, Record
 
@@ -29,14 +30,14 @@ _MAX_WORDS = 4096  # far past any bucket: the search below stops at the longest 
 def warm_up(bank: PromptBank) -> float:
   """Serves one batch of each batch size per input bucket; the seconds it took (logged)."""
   start = time.perf_counter()
-  data = bank.exp.config.data
-  buckets = tuple(data.bucket_lengths) or (data.max_input_len,)
+  buckets = bank.input_buckets
   by_bucket: dict[int, list[Request]] = {}
   for prompt in bank.prompts:
+    slots = added_slots(prompt.parts)  # its soft tokens' slots in each of its rows
     for bucket in buckets:
-      filler = _filler(bank, prompt.name, bucket)
+      filler = _filler(bank, prompt.name, bucket - slots)
       # A bucket narrower than one more word in each field is reached by no filler of this prompt.
-      if filler is not None and buckets[bisect.bisect_left(buckets, filler[1])] == bucket:
+      if filler is not None and buckets[bisect.bisect_left(buckets, filler[1] + slots)] == bucket:
         by_bucket.setdefault(bucket, []).append(filler[0])
   for bucket in buckets:
     for rows in bank.batch_sizes if bucket in by_bucket else ():

@@ -52,9 +52,8 @@ def test_an_export_of_the_wrong_width_names_the_prompt_and_both_shapes(tmp_path)
 def test_prompts_whose_steps_differ_cannot_share_a_bank():
   soft = lambda placement: PromptParts(soft_PxD=np.zeros((2, 8), np.float32), placement=placement)
   head = PromptParts(head_kernel_DxC=np.zeros((8, 2), np.float32), head_bias_C=np.zeros(2, np.float32))
-  with pytest.raises(ValueError, match=r"markers and soft prompts placed by insertion \(\['suffix'\]\)"):
-    bank_prompt([soft("markers"), soft("suffix")], (), 8, 8)
   with pytest.raises(ValueError, match="prompts with a head .* and prompts without cannot share a bank"):
     bank_prompt([soft("prefix"), head], (), 8, 8)
-  both = bank_prompt([soft("prefix"), soft("suffix"), PromptParts()], (), 8, 8, spare_rows=2)
-  assert (both.rows, both.soft_length, both.placements) == (5, 2, ("prefix", "suffix"))
+  # Soft tokens at markers and inserted ones alike replace slots of the rows' own inputs: one bank.
+  every = bank_prompt([soft("markers"), soft("prefix"), soft("suffix"), PromptParts()], (), 8, 8, spare_rows=2)
+  assert (every.rows, every.soft_length) == (6, 2)

@@ -8,7 +8,7 @@ import numpy as np
 
 from configs import p_tuning_v2
 from jaxprompt.models.quantized import QuantizedKernel
-from jaxprompt.serving.requests import Request, serve, step_outputs
+from jaxprompt.serving.requests import Request, render, serve, step_outputs
 from tests.method_runs import CASES, CLOZE_CASES, small, tiny_mlm
 from tests.run_configs import small_sst2_files, tiny_config
 from tests.serving.saved_prompts import eval_records, saved_bank, served_alone
@@ -111,10 +111,36 @@ def test_p_tuning_prompts_mixed_batch_equals_each_prompt_alone(tmp_path):
   }
   within = {"p_tuning5": "prompts/best.npy", "p_tuning2": "prompts/best.npy", "prefix2": "checkpoints/1"}
   bank = saved_bank(tmp_path, p_tuning(), configs, within)
-  assert bank.method.markers and list(bank.tables["soft_lengths"][:3]) == [5, 2, 0]
+  assert bank.method.soft_length == 5 and [p.parts.soft_length for p in bank.prompts] == [5, 2, 0]
+  assert bank.input_buckets == (32, 64, 128)  # markers sit in the templates: no slots are added
   assert [p.where for p in bank.prompts] == [str(tmp_path / name / path) for name, path in within.items()]
   per_prompt = {name: eval_records(config, 2) for name, config in configs.items()}
   _assert_each_as_alone(bank, _interleaved(per_prompt), per_prompt)
+
+
+def test_markers_and_inserted_prompts_share_a_bank_and_each_row_is_its_own_prompts_length(tmp_path):
+  """P-tuning's pseudo tokens at their markers beside soft prompts inserted before and after the
+  input, mixed: each as alone. A row carries its own prompt's soft tokens, not the bank's longest:
+  a request for the 2-token prompt runs in a narrower bucket than the same record for the 12."""
+  llama = lambda **o: CASES["prefix_tuning-llama"](**{"prompt.method": "prompt_tuning", **o})
+  configs = {
+      "p_tuning5": CASES["p_tuning-llama"](**{"prompt.encoder": "mlp"}),
+      "prompt2": llama(**{"prompt.length": 2}),
+      "prompt12-suffix": llama(**{"prompt.length": 12, "prompt.placement": "suffix"}),
+  }
+  bank = saved_bank(tmp_path, llama(**{"data.bucket_lengths": tuple(range(8, 129, 8))}), configs)
+  assert bank.input_buckets == tuple(range(20, 141, 8))  # each widened by the longest inserted prompt
+  per_prompt = {name: eval_records(config, 3) for name, config in configs.items()}
+  _assert_each_as_alone(bank, _interleaved(per_prompt), per_prompt)
+  widths, step = [], bank.eval_step
+  bank.eval_step = lambda tables, frozen, batch, *labels: widths.append(batch["inputs"].shape[1]) or step(
+      tables, frozen, batch, *labels)
+  record = per_prompt["prompt2"][0]
+  for name in ("prompt2", "prompt12-suffix"):
+    serve(bank, [Request(name, record)])
+  (feature,) = render(bank, [Request("prompt2", record)])
+  expected = [min(b for b in bank.input_buckets if b >= len(feature.inputs) + slots) for slots in (2, 12)]
+  assert widths == expected and widths[0] < widths[1]
 
 
 def test_quantised_backbone_bank_mixed_batch_equals_each_prompt_alone(tmp_path):
