@@ -104,12 +104,14 @@ def test_copa_choices_continuing_the_pattern_are_scored_as_each_alone_and_train_
   model = Llama(exp.backbone.config)
   forward = jax.jit(lambda p, ids: model.apply(p, ids, ids >= 0, method=Llama.forward_logits))
 
-  def alone(f, choice):  # the choice's log-prob continuing the input, the sequence unpadded
-    ids = np.array([f.inputs + choice], np.int32)
-    logp = jax.nn.log_softmax(np.asarray(forward(exp.frozen, ids))[0].astype(np.float64), axis=-1)
-    return sum(float(logp[len(f.inputs) - 1 + j, t]) for j, t in enumerate(choice))
-
-  expected = np.array([[alone(f, c) for c in f.candidates] for f in feats])
+  # Each choice's log-prob continuing its input, as if alone: right padding, which a causal model's
+  # logits at the real tokens do not see, puts every (input + choice) in one forward and one compile.
+  rows = [(f.inputs, choice) for f in feats for choice in f.candidates]
+  width = max(len(inputs) + len(choice) for inputs, choice in rows)
+  ids = np.array([inputs + choice + [0] * (width - len(inputs) - len(choice)) for inputs, choice in rows], np.int32)
+  logp = jax.nn.log_softmax(np.asarray(forward(exp.frozen, ids)).astype(np.float64), axis=-1)
+  expected = np.array([sum(float(logp[r, len(inputs) - 1 + j, t]) for j, t in enumerate(choice))
+                       for r, (inputs, choice) in enumerate(rows)]).reshape(len(feats), -1)
   args = (config.data.max_input_len, config.data.max_target_len, (64,), 0, 1, True)
   batch = next(pipeline.eval_batches(feats, 8, *args))
   scores = np.asarray(jax.jit(exp.backbone.eval_step(None, exp.objective_labels, 1))({}, exp.frozen, batch, None,
