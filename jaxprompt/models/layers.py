@@ -43,22 +43,34 @@ class Projection(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     num_in = len(self.in_axes)
     in_shape = x.shape[x.ndim - num_in :]
-    contract = (tuple(range(x.ndim - num_in, x.ndim)), tuple(range(num_in)))
     preferred = self.output_dtype or self.dtype
     # A frozen kernel loaded quantised (config.model.quantization) is read as it is: `self.param`
     # would check it against the float kernel's shape.
     stored = self.get_variable("params", "kernel") if self.has_variable("params", "kernel") else None
     if isinstance(stored, quantized.QuantizedKernel):
-      return quantized.dot_general(x, stored, (contract, ((), ())), self.dtype, preferred)
+      return quantized.matmul(x, stored, self.dtype, lambda x_, kernel: flat_matmul(x_, kernel, num_in, preferred))
     kernel = self.param(
         "kernel",
         nn.with_logical_partitioning(self.kernel_init, self.in_axes + self.out_axes),
         in_shape + tuple(self.out_shape),
         self.param_dtype,
     )
-    return jax.lax.dot_general(
-        x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ())), preferred_element_type=preferred
-    )
+    return flat_matmul(x.astype(self.dtype), kernel.astype(self.dtype), num_in, preferred)
+
+
+def flat_matmul(x: jax.Array, kernel: jax.Array, num_in: int, preferred_element_type: Any) -> jax.Array:
+  """x [..., *in] @ kernel [*in, *out] as one 2-D matmul of the flattened dims.
+
+  Why not one dot_general contracting several dims: its backward (dx = dy kernel^T) then transposes
+  the kernel with its head dims split, and XLA:CPU copies every frozen [embed, heads, kv] kernel into
+  the transposed layout on each step; a 2-D kernel's transpose folds into the matmul as a contracting
+  dim, with no copy (the reshapes are bitcasts in row-major layout)."""
+  lead, in_size = x.shape[: x.ndim - num_in], int(np.prod(kernel.shape[:num_in]))
+  y = jax.lax.dot_general(
+      x.reshape(lead + (in_size,)), kernel.reshape(in_size, -1), (((len(lead),), (0,)), ((), ())),
+      preferred_element_type=preferred_element_type,
+  )
+  return y.reshape(lead + kernel.shape[num_in:])
 
 
 class RMSNorm(nn.Module):

@@ -20,6 +20,7 @@ backbone plus one layer's float kernels, never the float model.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import flax.struct
@@ -84,13 +85,14 @@ class QuantizedKernel:
     return weights.reshape(self.shape).astype(dtype)
 
 
-def dot_general(x: jax.Array, kernel: QuantizedKernel, dimension_numbers, dtype: Any, preferred_element_type: Any) -> jax.Array:
-  """`lax.dot_general(x, kernel)` in `dtype`, the kernel dequantised in the forward and again in the
+def matmul(x: jax.Array, kernel: QuantizedKernel, dtype: Any,
+           float_matmul: Callable[[jax.Array, jax.Array], jax.Array]) -> jax.Array:
+  """`float_matmul(x, kernel)` in `dtype`, the kernel dequantised in the forward and again in the
   backward pass (the kernel is frozen: it gets no gradient)."""
   x = x.astype(dtype)
 
   def forward(x, kernel):
-    return jax.lax.dot_general(x, kernel.dequantize(dtype), dimension_numbers, preferred_element_type=preferred_element_type)
+    return float_matmul(x, kernel.dequantize(dtype))
 
   @jax.custom_vjp
   def dot(x, kernel):
