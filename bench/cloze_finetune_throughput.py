@@ -107,6 +107,10 @@ def write_checkpoint(folder: Path, layers: int, dropout: float):
   return model
 
 
+def scan_layers_flag(text: str) -> bool | str:
+  return text if text == "auto" else bool(int(text))
+
+
 def build_ours(folder: Path, args: argparse.Namespace):
   """The product's experiment for this checkpoint, and its jitted train step."""
   config = cloze.get_config("recipe=lm_bff,task=sst2,data=local")
@@ -114,7 +118,7 @@ def build_ours(folder: Path, args: argparse.Namespace):
   config.model.checkpoint = str(folder)
   config.model.trainable = "all"
   config.model.dropout_rate = args.dropout
-  config.model.scan_layers = bool(args.scan_layers)
+  config.model.scan_layers = args.scan_layers
   config.prompt.method = "none"
   config.optimizer.name = "adam"
   config.optimizer.learning_rate = 1e-5
@@ -199,7 +203,8 @@ def main() -> None:
   parser.add_argument("--length", type=int, default=128)
   parser.add_argument("--layers", type=int, default=12, help="RoBERTa-base has 12; fewer for a quick check")
   parser.add_argument("--dropout", type=float, default=0.1, help="both sides (RoBERTa's 0.1, as LM-BFF trains)")
-  parser.add_argument("--scan_layers", type=int, default=1, help="ours: config.model.scan_layers (default 1)")
+  parser.add_argument("--scan_layers", type=scan_layers_flag, default="auto",
+                      help="ours: config.model.scan_layers, 1, 0 or auto (the product's default: unrolled here)")
   args = parser.parse_args()
 
   import torch
@@ -246,7 +251,7 @@ def main() -> None:
       "versions": {"jax": jax.__version__, "torch": torch.__version__, "transformers": transformers.__version__},
       "model": f"RoBERTa-base dimensions ({args.layers} layers), random weights, float32, every weight trains,"
                f" dropout {args.dropout}",
-      "ours": f"configs/cloze.py:recipe=lm_bff,task=sst2 step, scan_layers={bool(args.scan_layers)}",
+      "ours": f"configs/cloze.py:recipe=lm_bff,task=sst2 step, scan_layers={args.scan_layers}",
       "shape": f"batch {args.batch} x {args.length} tokens, one mask per row, label words {label_ids}",
       "rounds": f"{args.rounds} x {args.steps} steps per side, alternating which side goes first",
       "ours_compile_and_first_step_s": round(compile_s, 2),

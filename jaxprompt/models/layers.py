@@ -136,11 +136,18 @@ def tied_logits(embedder: Embed, h_BxTxD: jax.Array, bias_V: jax.Array, token_id
   return embedder.attend_rows(h_BxTxD, token_ids_W) + jnp.take(bias_V, token_ids_W).astype(jnp.float32)
 
 
+def exact_gelu(x: jax.Array) -> jax.Array:
+  """x Φ(x) through erf, as PyTorch computes it. jax.nn.gelu(approximate=False) goes through erfc,
+  which XLA:CPU evaluates 3.9x slower (forward + backward at RoBERTa-base's [16, 128, 3072]: 45 ms
+  against 12; PyTorch 22), to 3.5e-7 of float64 against erf's 6.1e-7 (PyTorch's 1.2e-6)."""
+  return 0.5 * x * (1.0 + jax.lax.erf(x * np.asarray(1 / np.sqrt(2), x.dtype)))
+
+
 def activation(name: str) -> Callable[[jax.Array], jax.Array]:
   """The feed-forward nonlinearity by its config name."""
   table = {
       "relu": jax.nn.relu,
-      "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+      "gelu": exact_gelu,
       "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
       "silu": jax.nn.silu,
   }
