@@ -64,6 +64,7 @@ from bench.t5_forward_backward import machine  # noqa: E402
 from configs import cloze  # noqa: E402
 from jaxprompt import experiment, sharding  # noqa: E402
 from jaxprompt.tasks import pipeline  # noqa: E402
+from jaxprompt.models import layer_scan  # noqa: E402
 
 VOCAB, MASK_ID = 50265, 50264  # roberta-base's vocabulary size and <mask> id
 SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")  # RoBERTa's ids 0..3
@@ -108,7 +109,7 @@ def write_checkpoint(folder: Path, layers: int, dropout: float):
 
 
 def scan_layers_flag(text: str) -> bool | str:
-  return text if text == "auto" else bool(int(text))
+  return text if text == layer_scan.AUTO else bool(int(text))
 
 
 def build_ours(folder: Path, args: argparse.Namespace):
@@ -203,7 +204,7 @@ def main() -> None:
   parser.add_argument("--length", type=int, default=128)
   parser.add_argument("--layers", type=int, default=12, help="RoBERTa-base has 12; fewer for a quick check")
   parser.add_argument("--dropout", type=float, default=0.1, help="both sides (RoBERTa's 0.1, as LM-BFF trains)")
-  parser.add_argument("--scan_layers", type=scan_layers_flag, default="auto",
+  parser.add_argument("--scan_layers", type=scan_layers_flag, default=layer_scan.AUTO,
                       help="ours: config.model.scan_layers, 1, 0 or auto (the product's default: unrolled here)")
   args = parser.parse_args()
 
