@@ -2,10 +2,10 @@
 
     python bench/smollm_prompt_step.py --gguf=/path/SmolLM2-135M-Instruct.Q4_1.gguf
 
-Both sides load the same GGUF in float32 and take the same batches (batch 8 of real SST-2 train
-rows in the demo's template, left-padded, 16 soft tokens, one answer token). PEFT is the reference
-a PyTorch user would run: `PromptTuning` on transformers' Llama, loss on the answer token over the
-vocabulary, Adam. Ours is `configs/smollm_sst2_prompt.py`'s step with the label-words loss (the
+Both sides load the same GGUF in float32 (`--dtype=bfloat16`: both in bfloat16) and take the same
+batches (batch 8 of real SST-2 train rows in the demo's template, left-padded, 16 soft tokens, one
+answer token). PEFT is the reference a PyTorch user would run: `PromptTuning` on transformers'
+Llama, loss on the answer token over the vocabulary, Adam. Ours is `configs/smollm_sst2_prompt.py`'s step with the label-words loss (the
 demo's) and with the vocabulary loss (PEFT's), each with the 30 layers scanned and unrolled
 (`--config.model.scan_layers`). The sides take turns, --rounds rounds of (median of
 --steps_per_round steps after a warm-up), so a slow spell of the machine hits every side; the ratio
@@ -36,10 +36,11 @@ from jaxprompt.evaluation import evaluate  # noqa: E402
 from jaxprompt.tasks import pipeline  # noqa: E402
 
 
-def demo_config(gguf: str, scan_layers: bool):
+def demo_config(gguf: str, scan_layers: bool, dtype: str = "float32"):
   config = smollm_sst2_prompt.get_config("data=local")
   config.model.checkpoint = gguf
   config.model.scan_layers = scan_layers
+  config.model.dtype = config.model.param_dtype = dtype
   config.mesh.data = 1
   return config
 
@@ -78,13 +79,13 @@ def our_step(exp, loss_over: str, batches):
   return call, time.perf_counter() - start
 
 
-def peft_step(gguf: Path, config, batches):
+def peft_step(gguf: Path, config, batches, dtype: str):
   import peft
   import torch
   import transformers
 
   torch.set_num_threads(os.cpu_count())
-  hf = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+  hf = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=getattr(torch, dtype))
   model = peft.get_peft_model(hf, peft.PromptTuningConfig(task_type=peft.TaskType.CAUSAL_LM, num_virtual_tokens=config.prompt.length))
   optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.optimizer.learning_rate)
   counter = iter(range(10**9))
@@ -127,16 +128,18 @@ def main() -> None:
   parser.add_argument("--gguf", required=True)
   parser.add_argument("--rounds", type=int, default=6)
   parser.add_argument("--steps_per_round", type=int, default=3)
+  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                      help="both sides' weights and compute (the demo's: float32)")
   args = parser.parse_args()
 
-  exps = {layers: build(demo_config(args.gguf, layers == "scanned")) for layers in ("scanned", "unrolled")}
+  exps = {layers: build(demo_config(args.gguf, layers == "scanned", args.dtype)) for layers in ("scanned", "unrolled")}
   batches = one_bucket_batches(exps["scanned"], steps=8)
   sides, compile_s = {}, {}
   for layers, exp in exps.items():
     for loss_over in ("label_words", "vocabulary"):
       name = f"ours_{loss_over}_{layers}"
       sides[name], compile_s[name] = our_step(exp, loss_over, batches)
-  hf, sides["peft"], versions = peft_step(Path(args.gguf), exps["scanned"].config, batches)
+  hf, sides["peft"], versions = peft_step(Path(args.gguf), exps["scanned"].config, batches, args.dtype)
 
   times = {name: [] for name in sides}
   for _ in range(args.rounds):  # take turns, so a slow spell of the machine hits every side
@@ -147,6 +150,7 @@ def main() -> None:
       "date": datetime.date.today().isoformat(),
       "machine": machine(),
       "versions": {"jax": jax.__version__, **versions},
+      "dtype": args.dtype,
       "shape": f"batch {exps['scanned'].config.batch_size}, {exps['scanned'].config.prompt.length} soft + "
                f"{batches[0]['inputs'].shape[1]} input tokens, 1 answer token",
       "rounds": f"{args.rounds} x (median of {args.steps_per_round} steps after a warm-up) per side",

@@ -4,7 +4,7 @@ side by side in one run on the same machine: same shapes, float32, a whole optim
     python bench/t5_peft_throughput.py --size=small --batch=8 --input_len=128 --prompt_len=20 --target_len=8
 
 Both use T5 v1.1 dimensions with random weights (speed does not depend on their values) and Adam on
-the prompt only. Ours is the product's train step (bench/t5_prompt_step.py: the step
+the prompt only, in float32 (`--dtype=bfloat16`: both sides' weights and compute in bfloat16). Ours is the product's train step (bench/t5_prompt_step.py: the step
 `python -m jaxprompt.train` runs), with the layers scanned (the configs' default) and unrolled
 (`model.scan_layers=False`); PEFT's is `loss.backward()` and `optimizer.step()` with every backbone
 weight frozen (`requires_grad=False`). Tokens are non-pad tokens, prompt included.
@@ -32,7 +32,7 @@ from bench.t5_prompt_step import PromptStep, Shape, add_shape_arguments, random_
 from jaxprompt.models.t5_config import T5Config  # noqa: E402
 
 
-def peft_step(config: T5Config, shape: Shape):
+def peft_step(config: T5Config, shape: Shape, dtype: str):
   """PEFT PromptTuning on transformers' T5 of the same dimensions: one Adam step per call."""
   import peft
   import torch
@@ -49,6 +49,7 @@ def peft_step(config: T5Config, shape: Shape):
   model = peft.get_peft_model(transformers.T5ForConditionalGeneration(hf_config), peft.PromptTuningConfig(
       task_type=peft.TaskType.SEQ_2_SEQ_LM, num_virtual_tokens=shape.prompt_len))
   model.train()
+  model.to(getattr(torch, dtype))
   optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
   batch = {k: torch.tensor(v).long() for k, v in random_batch(shape, config.vocab_size).items()}
 
@@ -67,15 +68,16 @@ def main() -> None:
   add_shape_arguments(parser, batch=8, prompt_len=20, input_len=128, target_len=8)
   parser.add_argument("--rounds", type=int, default=6)
   parser.add_argument("--steps_per_round", type=int, default=3)
+  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   args = parser.parse_args()
 
-  config = T5Config.preset(args.size, dtype="float32", param_dtype="float32")
+  config = T5Config.preset(args.size, dtype=args.dtype, param_dtype=args.dtype)
   shape = shape_from(args)
   sides = {
       "ours_scanned": PromptStep(config, shape),
       "ours_unrolled": PromptStep(config.replace(scan_layers=False), shape),
   }
-  sides["peft"], versions = peft_step(config, shape)
+  sides["peft"], versions = peft_step(config, shape, args.dtype)
   times = {name: [] for name in sides}
   for _ in range(args.rounds):  # take turns, so a slow spell of the machine hits every side
     for name, step in sides.items():
@@ -89,7 +91,7 @@ def main() -> None:
       "date": datetime.date.today().isoformat(),
       "machine": machine(),
       "versions": {"jax": jax.__version__, **versions},
-      "model": f"T5 v1.1 {args.size} dimensions, float32, random weights",
+      "model": f"T5 v1.1 {args.size} dimensions, {args.dtype}, random weights",
       "shape": shape.describe(),
       "rounds": f"{args.rounds} x (median of {args.steps_per_round} steps after a warm-up) per side",
       "s_per_step": {name: round(s, 4) for name, s in seconds.items()},

@@ -37,7 +37,7 @@ import numpy as np
 from flax import struct
 from jax.ad_checkpoint import checkpoint_name
 
-from jaxprompt.models import layers
+from jaxprompt.models import layers, low_precision
 from jaxprompt.models.llama_config import LlamaConfig
 from jaxprompt.models.prompt import Prompt, place_soft_tokens, prefix_mask
 
@@ -226,7 +226,7 @@ class Llama(nn.Module):
     else:
       columns_DxC = jnp.take(self.lm_head.variables["params"]["kernel"], token_ids_C, axis=1)
     dtype = self.config.dtype
-    return jnp.einsum("bd,dc->bc", hidden_BxD.astype(dtype), columns_DxC.astype(dtype), preferred_element_type=jnp.float32)
+    return low_precision.einsum("bd,dc->bc", hidden_BxD.astype(dtype), columns_DxC.astype(dtype), jnp.float32)
 
   def init_cache(self, batch: int, max_len: int) -> DecodeCache:
     c = self.config

@@ -102,8 +102,10 @@ def matmul(x: jax.Array, kernel: QuantizedKernel, dtype: Any,
     return forward(x, kernel), kernel
 
   def dot_bwd(kernel, cotangent):
-    transpose = jax.linear_transpose(lambda x_: forward(x_, kernel), jax.ShapeDtypeStruct(x.shape, x.dtype))
-    return transpose(cotangent)[0], None
+    # jax.vjp, not linear_transpose: float_matmul may carry its own gradient rule (bfloat16 products).
+    # The forward product it re-traces is unused, and XLA drops it.
+    _, x_vjp = jax.vjp(lambda x_: forward(x_, kernel), jnp.zeros(x.shape, x.dtype))
+    return x_vjp(cotangent)[0], None
 
   dot.defvjp(dot_fwd, dot_bwd)
   return dot(x, kernel)

@@ -105,6 +105,20 @@ def test_bfloat16_compute_tracks_float32(params):
   assert rel < 0.05, rel
 
 
+def test_bfloat16_prompt_gradient_tracks_float32(params):
+  # Compiled through XLA, the bfloat16 step's projections run bfloat16 x bfloat16 -> float32 dots
+  # (jaxprompt/models/low_precision.py) forward and backward; the gradient stays near float32's.
+  ids, mask, dec = _batch()
+  soft = jax.random.normal(jax.random.key(1), (4, CONFIG.d_model))
+  grad = jax.jit(jax.value_and_grad(_prompt_loss, argnums=2), static_argnums=0)
+  loss, g = grad(CONFIG, params, soft, ids, mask, dec)
+  bf16_params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)
+  loss_bf16, g_bf16 = grad(CONFIG.replace(dtype="bfloat16"), bf16_params, soft.astype(jnp.bfloat16), ids, mask, dec)
+  np.testing.assert_allclose(loss_bf16, loss, rtol=0.02)
+  rel = np.linalg.norm(np.asarray(g_bf16, np.float32) - g) / np.linalg.norm(g)
+  assert rel < 0.05, rel
+
+
 def test_empty_prompt_gives_exactly_the_no_prompt_output(params):
   ids, mask, dec = _batch()
   c = CONFIG
