@@ -5,8 +5,8 @@
 Both sides load the same GGUF in float32 (`--dtype=bfloat16`: both in bfloat16) and take the same
 batches (batch 8 of real SST-2 train rows in the demo's template, left-padded, 16 soft tokens, one
 answer token). PEFT is the reference a PyTorch user would run: `PromptTuning` on transformers'
-Llama, loss on the answer token over the vocabulary, Adam. Ours is `configs/smollm_sst2_prompt.py`'s step with the label-words loss (the
-demo's) and with the vocabulary loss (PEFT's), each with the 30 layers scanned and unrolled
+Llama, loss on the answer token over the vocabulary, Adam. Ours is `configs/smollm_sst2_prompt.py`'s
+step with the label-words loss (the demo's) and with the vocabulary loss (PEFT's), each with the 30 layers scanned and unrolled
 (`--config.model.scan_layers`). The sides take turns, --rounds rounds of (median of
 --steps_per_round steps after a warm-up), so a slow spell of the machine hits every side; the ratio
 is taken within each round and its median reported, with each side's compile time. Then the

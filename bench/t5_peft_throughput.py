@@ -4,8 +4,9 @@ side by side in one run on the same machine: same shapes, float32, a whole optim
     python bench/t5_peft_throughput.py --size=small --batch=8 --input_len=128 --prompt_len=20 --target_len=8
 
 Both use T5 v1.1 dimensions with random weights (speed does not depend on their values) and Adam on
-the prompt only, in float32 (`--dtype=bfloat16`: both sides' weights and compute in bfloat16). Ours is the product's train step (bench/t5_prompt_step.py: the step
-`python -m jaxprompt.train` runs), with the layers scanned (the configs' default) and unrolled
+the prompt only, in float32 (`--dtype=bfloat16`: both sides' weights and compute in bfloat16).
+Ours is the product's train step (bench/t5_prompt_step.py: the step `python -m jaxprompt.train`
+runs), with the layers scanned (the configs' default) and unrolled
 (`model.scan_layers=False`); PEFT's is `loss.backward()` and `optimizer.step()` with every backbone
 weight frozen (`requires_grad=False`). Tokens are non-pad tokens, prompt included.
 

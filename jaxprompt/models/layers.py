@@ -66,8 +66,7 @@ def flat_matmul(x: jax.Array, kernel: jax.Array, num_in: int, preferred_element_
   the transposed layout on each step; a 2-D kernel's transpose folds into the matmul as a contracting
   dim, with no copy (the reshapes are bitcasts in row-major layout)."""
   lead, in_size = x.shape[: x.ndim - num_in], int(np.prod(kernel.shape[:num_in]))
-  dims = "ABCDEFGH"[: len(lead)]
-  y = low_precision.einsum(f"{dims}y,yz->{dims}z", x.reshape(lead + (in_size,)), kernel.reshape(in_size, -1),
+  y = low_precision.einsum("...y,yz->...z", x.reshape(lead + (in_size,)), kernel.reshape(in_size, -1),
                            preferred_element_type)
   return y.reshape(lead + kernel.shape[num_in:])
 
@@ -114,15 +113,12 @@ class Embed(nn.Module):
 
   def attend(self, x: jax.Array) -> jax.Array:
     """Logits in float32 (accumulated in float32 whatever the compute dtype)."""
-    dims = "ABCDEFGH"[: x.ndim - 1]
-    return low_precision.einsum(f"{dims}d,vd->{dims}v", x.astype(self.dtype), self.embedding.astype(self.dtype),
-                                jnp.float32)
+    return low_precision.einsum("...d,vd->...v", x.astype(self.dtype), self.embedding.astype(self.dtype), jnp.float32)
 
   def attend_rows(self, x: jax.Array, token_ids_W: jax.Array) -> jax.Array:
     """`attend` restricted to the rows `token_ids_W`: float32 logits [..., W]."""
     rows_WxD = jnp.take(self.embedding, token_ids_W, axis=0).astype(self.dtype)
-    dims = "ABCDEFGH"[: x.ndim - 1]
-    return low_precision.einsum(f"{dims}d,wd->{dims}w", x.astype(self.dtype), rows_WxD, jnp.float32)
+    return low_precision.einsum("...d,wd->...w", x.astype(self.dtype), rows_WxD, jnp.float32)
 
 
 def tied_logits(embedder: Embed, h_BxTxD: jax.Array, bias_V: jax.Array, token_ids_W: jax.Array | None) -> jax.Array:

@@ -24,9 +24,12 @@ import numpy as np
 
 
 def einsum(spec: str, a: jax.Array, b: jax.Array, out_dtype: Any) -> jax.Array:
-  """jnp.einsum(spec, a, b) in `out_dtype`: a matmul without batch dims. `spec` names every dim
-  (no ellipsis), and each dim of an operand appears in the other operand or in the output, so that
-  both transposes are einsums."""
+  """jnp.einsum(spec, a, b) in `out_dtype`: a matmul without batch dims. Each dim of an operand
+  appears in the other operand or in the output, so that both transposes are einsums; `...` may
+  stand for a's leading dims (named here, since the transposes move them between operands)."""
+  if "..." in spec:
+    lead = "ABCDEFGH"[: a.ndim - len(spec.split(",")[0].replace("...", ""))]
+    spec = spec.replace("...", lead)
   inputs, out = spec.split("->")
   a_dims, b_dims = inputs.split(",")
   if not (set(a_dims) <= set(b_dims + out) and set(b_dims) <= set(a_dims + out)):
