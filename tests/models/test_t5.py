@@ -12,6 +12,7 @@ import pytest
 import torch
 from transformers.models.t5.modeling_t5 import T5Attention as HFT5Attention
 
+from jaxprompt.models import layers
 from jaxprompt.models.prompt import KVPrefix, Prompt
 from jaxprompt.models.t5 import T5, relative_position_buckets
 from jaxprompt.models.t5_config import T5Config
@@ -218,3 +219,17 @@ def test_v1_1_presets_have_the_published_parameter_counts(size):
   shapes = jax.eval_shape(lambda: T5(T5Config.preset(size)).init(jax.random.key(0), ids, ids > 0, ids))
   count = sum(np.prod(x.shape) for x in jax.tree.leaves(shapes))
   assert abs(count - published[size]) / published[size] < 0.01, count
+
+
+def test_attention_cut_into_batch_pieces_changes_nothing(params, monkeypatch):
+  """With one piece per example (as XLA:CPU gets on a single CPU device), a prefix-tuned T5 is unchanged."""
+  c = CONFIG
+  ids, mask, dec = _batch()
+  keys = jax.random.split(jax.random.key(4), 2)
+  shape = (c.num_encoder_layers, 1, 3, c.num_heads, c.d_kv)
+  prompt = Prompt(embeddings_BxPxD=jax.random.normal(keys[0], (1, 2, c.d_model)),
+                  encoder_self=KVPrefix(jax.random.normal(keys[1], shape), jax.random.normal(keys[1], shape)))
+  whole = jax.jit(T5(c).apply)(params, ids, mask, dec, prompt=prompt)
+  monkeypatch.setattr(layers, "attention_batch_chunks", lambda batch: layers.batch_chunks(batch, batch))
+  cut = jax.jit(T5(c).apply)(params, ids, mask, dec, prompt=prompt)
+  np.testing.assert_allclose(cut, whole, rtol=1e-5, atol=1e-5)
