@@ -183,15 +183,25 @@ def random_params(family: Family, config: Any, mesh: Mesh, rules, seed: int,
                   quantization: quantize.Quantization = quantize.NONE) -> Any:
   """Random params created directly in their shardings (tests and demos without a checkpoint),
   then quantised kernel by kernel as a checkpoint would be."""
-  boxed = family.abstract_params(config)
-  shardings = sharding_lib.logical_to_shardings(boxed, mesh, rules)
-  init = lambda key: nn.meta.unbox(family.init_params(config, key))
-  params = jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
+  hashable_rules = tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in rules)
+  boxed, init = _sharded_init(family, config, mesh, hashable_rules)
+  params = init(jax.random.key(seed))
   if quantization.enabled:
     targets = quantize.quantized_targets(sharding_lib.param_targets(boxed, mesh, rules), boxed, quantization)
     flat = quantize.quantize_params(traverse_util.flatten_dict(params, sep="/"), targets)
     params = traverse_util.unflatten_dict(flat, sep="/")
   return {"params": params}
+
+
+@functools.cache
+def _sharded_init(family: Family, config: Any, mesh: Mesh, rules: tuple) -> tuple[Any, Any]:
+  """The abstract params and their jitted init, once per backbone shape and layout: tracing even a
+  tiny backbone's init takes ~1.5 s, and a process that builds the same backbone again (an evaluation
+  after training, LM-BFF's candidates, the tests) reuses both. Each call draws new arrays."""
+  boxed = family.abstract_params(config)
+  shardings = sharding_lib.logical_to_shardings(boxed, mesh, rules)
+  init = lambda key: nn.meta.unbox(family.init_params(config, key))
+  return boxed, jax.jit(init, out_shardings=shardings)
 
 
 def dummy_ids() -> jax.Array:

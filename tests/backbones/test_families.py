@@ -7,7 +7,9 @@ import numpy as np
 
 from configs import p_tuning_v2
 from jaxprompt import experiment, objectives, sharding
-from jaxprompt.backbones import FAMILIES
+from jaxprompt.backbones import FAMILIES, base
+from jaxprompt.backbones.base import random_params
+from jaxprompt.models.t5_config import T5Config
 from jaxprompt.tasks import pipeline
 from tests.method_runs import small, tiny_albert
 from tests.run_configs import small_sst2_files
@@ -40,3 +42,21 @@ def test_a_p_tuning_v2_step_on_albert_uses_its_embedding_width_for_prompts_and_h
   jax.tree.map(np.testing.assert_array_equal, frozen, jax.tree.map(np.asarray, exp.frozen))
   moved = jax.tree.map(lambda a, b: not np.array_equal(a, b), jax.tree.map(np.asarray, params), new.params)
   assert all(jax.tree.leaves(moved))
+
+
+def test_random_backbones_reuse_one_traced_init_and_draw_fresh_arrays():
+  """A second build of the same backbone skips tracing its init, yet never shares the first's buffers
+  (a fine-tuning run donates its backbone)."""
+  config = T5Config.preset("tiny", vocab_size=64)
+  mesh = sharding.make_mesh({"data": -1})
+  rules = [(name, list(axes) if isinstance(axes, tuple) else axes) for name, axes in sharding.DEFAULT_RULES]
+  first = random_params(FAMILIES["t5"], config, mesh, rules, seed=0)
+  hits = base._sharded_init.cache_info().hits
+  again = random_params(FAMILIES["t5"], config, mesh, tuple(sharding.DEFAULT_RULES), seed=0)
+  other = random_params(FAMILIES["t5"], config, mesh, rules, seed=1)
+  assert base._sharded_init.cache_info().hits == hits + 2  # list or tuple rules: one entry
+  jax.tree.map(np.testing.assert_array_equal, first, again)
+  embedding = lambda p: p["params"]["token_embedder"]["embedding"]
+  assert not np.array_equal(embedding(first), embedding(other))
+  jax.tree.map(lambda a: a.delete(), first)
+  np.asarray(embedding(again))  # still readable
